@@ -20,7 +20,7 @@ from dspex.lang.sigstring import parse_signature_string
 from dspex.lang.steps import KIND_WORDS
 from dspex.lang.typeresolve import resolve_type
 
-__all__ = ["Declarations", "Imported", "PROVIDERS", "looks_like_secret", "literal_value"]
+__all__ = ["Declarations", "Imported", "INSTRUCTION_VAR", "PROVIDERS", "looks_like_secret", "literal_value"]
 
 # An imported name: its kind and lowered IR object.
 Imported = tuple[str, Any]
@@ -41,7 +41,7 @@ _KIND_OF_DECL = {ast.TypeDecl: "type", ast.SignatureDecl: "signature", ast.LMDec
                  ast.ToolDecl: "tool", ast.PipelineDecl: "pipeline"}
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|password|token|access_key)$", re.I)
 _SECRET_VALUE = re.compile(r"^(sk-|sk_|pk_|rk_|xox[abpr]-|ghp_|gho_|github_pat_|AKIA|AIza|hf_)[A-Za-z0-9_\-]{8,}$")
-_INSTRUCTION_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+INSTRUCTION_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _TOOL_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -262,7 +262,7 @@ class Declarations:
 
     def _instruction_vars(self, doc: ast.Lit) -> tuple[str, ...]:
         names: list[str] = []
-        for m in _INSTRUCTION_VAR.finditer(doc.raw):
+        for m in INSTRUCTION_VAR.finditer(doc.raw):
             name = m.group(1)
             span = _offset_span(doc, m.start(1), m.end(1))
             kind = self.kind_of(name)

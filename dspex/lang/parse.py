@@ -19,7 +19,7 @@ from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter
 
-__all__ = ["parse", "ParseResult", "decode_string", "grammar_text"]
+__all__ = ["parse", "ParseResult", "DURATION_UNITS", "decode_string", "grammar_text"]
 
 _state = threading.local()
 _DECL_START = re.compile(r"^(import|from|type|signature|lm|var|tool|pipeline)\b", re.M)
@@ -94,7 +94,7 @@ def _number(tok: Token) -> ast.Lit:
     return ast.Lit(value, "float", span, raw)
 
 
-_UNITS = {"ms": 1, "s": 1000, "m": 60000}
+DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60000}
 
 
 def _duration(tok: Token) -> ast.Lit:
@@ -103,7 +103,7 @@ def _duration(tok: Token) -> ast.Lit:
     raw = str(tok)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", raw)
     assert m is not None
-    return ast.Lit(Duration(round(float(m.group(1)) * _UNITS[m.group(2)])), "duration", _span(tok), raw)
+    return ast.Lit(Duration(round(float(m.group(1)) * DURATION_UNITS[m.group(2)])), "duration", _span(tok), raw)
 
 
 def _cover(first: Any, last: Any) -> Span:
