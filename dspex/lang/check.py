@@ -65,6 +65,7 @@ def literal_value(e: ast.Expr) -> Any:
 
 
 _NOT_LITERAL = object()
+_REPORTED = object()  # an argument already reported as wrong: not "missing" as well
 
 
 class Declarations:
@@ -79,6 +80,7 @@ class Declarations:
         self.decls: dict[str, Any] = {}
         self._done: dict[str, Any] = {}
         self._active: list[str] = []
+        self._names: dict[tuple[str, int, int], tuple[str, ...]] = {}
         for d in module.decls:
             if isinstance(d, ast.Import):
                 continue
@@ -99,7 +101,16 @@ class Declarations:
         return None
 
     def names_of(self, kind: str) -> list[str]:
-        return [n for n in list(self.decls) + list(self.imported) if self.kind_of(n) == kind]
+        return list(self._names_of(kind))
+
+    def _names_of(self, kind: str) -> tuple[str, ...]:
+        """The names of one kind, in declaration order; computed once per kind (the tables only grow in
+        ``__init__``; the sizes in the key keep it right should they change)."""
+        key = (kind, len(self.decls), len(self.imported))
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = tuple(n for n in (*self.decls, *self.imported) if self.kind_of(n) == kind)
+        return names
 
     def signature(self, name: str) -> Signature | None:
         return self._get(name, "signature")  # type: ignore[no-any-return]
@@ -154,7 +165,7 @@ class Declarations:
                        tools=tables["tool"], pipelines=tables["pipeline"])
 
     def resolve_type(self, t: ast.TypeExpr | None) -> Type:
-        return resolve_type(t, self._type_lookup, self.names_of("type"), self.rep)
+        return resolve_type(t, self._type_lookup, self._names_of("type"), self.rep)
 
     def _type_lookup(self, name: str) -> Type | str | None:
         kind = self.kind_of(name)
@@ -288,6 +299,8 @@ class Declarations:
         args: dict[str, Any] = {}
         for i, a in enumerate(d.args):
             name = a.name.text if a.name else ("model" if i == 0 else None)
+            if name is not None:
+                args.setdefault(name, _REPORTED)
             if name is None:
                 self.rep.error("E202", a.span, "only the first argument may be positional (the model)")
                 continue
@@ -299,7 +312,7 @@ class Declarations:
                 self.rep.error("E202", a.name.span if a.name else a.span, f"{provider} lms take no argument '{name}'",
                                did_you_mean(name, allowed))
                 continue
-            if name in args:
+            if args[name] is not _REPORTED:
                 self.rep.error("E104", a.span, f"argument '{name}' is given twice")
                 continue
             value = literal_value(a.value)
@@ -311,10 +324,12 @@ class Declarations:
                                "an API key", "put it in an environment variable and name it with api_key_env")
                 continue
             args[name] = value
-        if provider == "local" and "model" not in args and "path" not in args:
+        present = set(args)
+        args = {k: v for k, v in args.items() if v is not _REPORTED}
+        if provider == "local" and not present & {"model", "path"}:
             self.rep.error("E207", d.provider.span, 'local lms need a model name or a path: local("smollm2")')
         for r in required:
-            if r not in args:
+            if r not in present:
                 self.rep.error("E207", d.provider.span, f"{provider} lms need '{r}'")
         return LMDecl(d.name.text, provider, tuple(args.items()))
 

@@ -120,10 +120,10 @@ class StepChecker:
             callee = self.env.pipeline(target, span)
             if callee is not None:
                 params, result = callee.inputs, result_type(callee.name, callee.outputs)
-        elif kind is None:
+        elif kind is None and target not in getattr(self.env, "broken", ()):
             self.rep.error("E101", span, f"undefined tool or pipeline '{target}'",
                            did_you_mean(target, self.env.names_of("tool") + self.env.names_of("pipeline")))
-        else:
+        elif kind is not None:
             self.rep.error("E103", span, f"'{target}' is {KIND_WORDS.get(kind, kind)}; `call` takes a tool or a "
                            "pipeline")
         checked_args = self._args(f"{kind} '{target}'", params, args, span)
@@ -138,7 +138,8 @@ class StepChecker:
         if found == kind:
             return self.env.signature(name)
         if found is None:
-            self.rep.error("E101", span, f"undefined {kind} '{name}'", did_you_mean(name, self.env.names_of(kind)))
+            if name not in getattr(self.env, "broken", ()):
+                self.rep.error("E101", span, f"undefined {kind} '{name}'", did_you_mean(name, self.env.names_of(kind)))
         else:
             self.rep.error("E103", span, f"'{name}' is {KIND_WORDS.get(found, found)}, not {KIND_WORDS[kind]}")
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from dspex.ir.types import ANY, PRIMITIVES, AnyType, DictOf, EnumOf, ListOf, OptionalOf, Prim, Type, render
-from dspex.lang.ast import TypeEnum, TypeExpr, TypeName, TypeOptional
+from dspex.lang.ast import Lit, TypeEnum, TypeExpr, TypeName, TypeOptional
 from dspex.lang.diagnostics import Reporter, did_you_mean
 
 __all__ = ["resolve_type", "BUILTIN_TYPE_NAMES", "Lookup"]
@@ -52,6 +52,10 @@ class _Resolver:
             return _optional(self.resolve(t.inner))
         if isinstance(t, TypeEnum):
             return self.enum(t)
+        if isinstance(t, Lit):  # a string where a type belongs: only Literal[...] takes strings
+            self.rep.error("E201", t.span, f"expected a type, found the string {t.raw}",
+                           "only Literal[...] and enum(...) take strings")
+            return ANY
         return self.named(t)
 
     def enum(self, t: TypeEnum) -> Type:
