@@ -26,6 +26,7 @@ from dspex.ir.types import (ANY, BOOL, FLOAT, INT, NONE, STR, ListOf, Type, assi
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter
 from dspex.lang.exprs import ExprChecker
+from dspex.lang.parse import cleandoc
 from dspex.lang.pipelines import node_for_step
 from dspex.lang.steps import StepArg, StepChecker, StepOption
 
@@ -126,7 +127,7 @@ def _class_signature(cls: type, name: str | None) -> Signature:
         (inputs if marker.role == "in" else outputs).append(f)
     if not inputs or not outputs:
         raise TypeError(f"signature {cls.__name__} needs at least one dspex.In() and one dspex.Out() field")
-    doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
+    doc = cleandoc(cls.__doc__) if cls.__doc__ else ""
     return Signature(name or cls.__name__, doc, tuple(inputs), tuple(outputs), _instruction_vars(doc))
 
 

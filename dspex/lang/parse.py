@@ -7,7 +7,6 @@ declaration without errors still reaches the checker and every broken one is rep
 """
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 from typing import Any
@@ -19,7 +18,7 @@ from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter
 
-__all__ = ["parse", "ParseResult", "DURATION_UNITS", "decode_string", "grammar_text"]
+__all__ = ["parse", "ParseResult", "DURATION_UNITS", "cleandoc", "decode_string", "grammar_text"]
 
 _state = threading.local()
 _DECL_START = re.compile(r"^(import|from|type|signature|lm|var|tool|pipeline)\b", re.M)
@@ -75,7 +74,23 @@ def decode_string(raw: str, span: Span | None = None) -> str | None:
                        "escapes are \\\" \\\\ \\n \\t and \\uXXXX")
             return None
     text = "".join(out)
-    return inspect.cleandoc(text) if triple else text
+    return cleandoc(text) if triple else text
+
+
+def cleandoc(text: str) -> str:
+    """``inspect.cleandoc`` made exact and version-independent: dedent, drop trailing spaces, blank edges.
+
+    (Python's own differs between versions on whitespace-only lines; a docstring's value must not.)
+    """
+    lines = [line.rstrip() for line in text.expandtabs().split("\n")]
+    indents = [len(line) - len(line.lstrip()) for line in lines[1:] if line]
+    margin = min(indents, default=0)
+    lines = [lines[0].lstrip()] + [line[margin:] for line in lines[1:]]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
 
 
 def _number(tok: Token) -> ast.Lit:

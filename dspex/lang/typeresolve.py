@@ -65,6 +65,10 @@ class _Resolver:
         seen: set[str] = set()
         for lit in t.values:
             problem = None
+            if not isinstance(lit, Lit):  # Literal[int]: a type where a string belongs
+                self.rep.error("E201", lit.span, f"{t.spelling} values must be strings")
+                ok = False
+                continue
             if lit.kind != "str":
                 problem = f"{t.spelling} values must be strings, found {lit.raw or repr(lit.value)}"
             elif lit.value == "":
