@@ -16,7 +16,7 @@ from dspex.ir.types import Type
 
 __all__ = ["Node", "Graph", "NODE_KINDS"]
 
-NODE_KINDS = ("input", "step", "map", "expr", "branch", "merge", "output")
+NODE_KINDS = ("input", "step", "map", "project", "expr", "branch", "merge", "output")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,8 @@ class Node:
     - ``step``: ``module`` (``predict``... or ``call``), ``target`` (signature, tool or pipeline name) and
       ``target_kind``; ``args`` the step's inputs, ``options`` its ``with (...)``; ``select`` a projected field.
     - ``map``: as a step, plus ``over`` (the list) and ``item`` (the element's source name; ``Item`` reads it).
-    - ``expr``: ``args == (("value", e),)``.   ``output``: the same, ``id`` is the output's name.
+    - ``expr``: ``args == (("value", e),)``; ``project`` the same when ``e`` reads a field (``c.label``).
+      ``output``: the same, ``id`` is the output's name.
     - ``branch``: ``args == (("cond", e),)``.   ``merge``: ``branch`` and ``args == (("then", e), ("else", e))``.
     """
 

@@ -124,7 +124,7 @@ def unify(a: Type, b: Type) -> Type | None:
         return OptionalOf(a)
     if isinstance(a, EnumOf) and isinstance(b, EnumOf):
         return EnumOf(tuple(dict.fromkeys(a.values + b.values)))
-    if isinstance(a, EnumOf | Prim) and isinstance(b, EnumOf | Prim) and STR in (a, b):
+    if (isinstance(a, EnumOf) and b == STR) or (isinstance(b, EnumOf) and a == STR):
         return STR
     return None
 

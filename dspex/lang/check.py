@@ -16,6 +16,7 @@ from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter, did_you_mean
 from dspex.lang.exprs import ExprChecker, coerce_literal
+from dspex.lang.parse import gc_paused
 from dspex.lang.sigstring import parse_signature_string
 from dspex.lang.steps import KIND_WORDS
 from dspex.lang.typeresolve import resolve_type
@@ -155,12 +156,13 @@ class Declarations:
     def lower(self) -> Program:
         """Resolve every declaration; the program holds every name in scope (local and imported)."""
         tables: dict[str, dict[str, Any]] = {k: {} for k in ("type", "signature", "lm", "var", "tool", "pipeline")}
-        for name in list(self.imported) + list(self.decls):
-            kind = self.kind_of(name)
-            assert kind is not None
-            value = self._get(name, kind)
-            if value is not None:
-                tables[kind][name] = value
+        with gc_paused():  # the IR all lives on: collecting while building it only rescans it
+            for name in list(self.imported) + list(self.decls):
+                kind = self.kind_of(name)
+                assert kind is not None
+                value = self._get(name, kind)
+                if value is not None:
+                    tables[kind][name] = value
         return Program(types=tables["type"], signatures=tables["signature"], lms=tables["lm"], vars=tables["var"],
                        tools=tables["tool"], pipelines=tables["pipeline"])
 

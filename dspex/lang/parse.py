@@ -7,18 +7,21 @@ declaration without errors still reaches the checker and every broken one is rep
 """
 from __future__ import annotations
 
+import gc
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter
 
-__all__ = ["parse", "ParseResult", "DURATION_UNITS", "cleandoc", "decode_string", "grammar_text"]
+__all__ = ["parse", "ParseResult", "DURATION_UNITS", "cleandoc", "decode_string", "grammar_text", "gc_paused"]
 
 _state = threading.local()
 _DECL_START = re.compile(r"^(import|from|type|signature|lm|var|tool|pipeline)\b", re.M)
@@ -52,6 +55,8 @@ def decode_string(raw: str, span: Span | None = None) -> str | None:
     """
     triple = raw.startswith('"""')
     body = raw[3:-3] if triple else raw[1:-1]
+    if "\\" not in body:  # the common case: nothing to decode
+        return cleandoc(body) if triple else body
     out: list[str] = []
     i = 0
     while i < len(body):
@@ -390,8 +395,27 @@ class ParseResult:
         self.broken_names = broken_names
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building a syntax tree allocates hundreds of thousands of objects
+    that all live on, and the collections they would trigger (each scanning every live object) cost about a
+    third of a large parse. Nests, and leaves the collector as it found it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse(source: str, file: str, rep: Reporter) -> ParseResult:
     """Parse ``source``; every syntax error goes to ``rep`` and parsing goes on with the next declaration."""
+    with gc_paused():
+        return _parse(source, file, rep)
+
+
+def _parse(source: str, file: str, rep: Reporter) -> ParseResult:
     parser = _get_parser()
     decls, ok = _parse_chunk(parser, source, rep)
     if ok:
@@ -475,19 +499,33 @@ def _report_syntax(exc: UnexpectedInput, parser: Lark, text: str, rep: Reporter)
         span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
         rep.error("E001", span, "unexpected end of file, expected " + _expected_text(parser, set(exc.expected)))
         return
-    span = _span(tok)
-    help = _module_hint(exc, tok)
-    rep.error("E001", span, f"expected {_expected_text(parser, set(exc.expected))}, found '{tok}'", help)
+    misspelled = _misspelled_module(exc, tok)
+    if misspelled is not None:
+        name, hint = misspelled
+        rep.error("E001", name.span, f"'{name.text}' is not a module", hint)
+        return
+    rep.error("E001", _span(tok), f"expected {_expected_text(parser, set(exc.expected))}, found '{tok}'")
 
 
-def _module_hint(exc: UnexpectedToken, tok: Token) -> str | None:
-    """``x = predcit Classify(...)``: the misspelled module shows up as a name followed by another name."""
+def _misspelled_module(exc: UnexpectedToken, tok: Token) -> tuple[ast.Name, str | None] | None:
+    """``x = predcit Classify(...)`` parses as ``x = predcit`` then a statement ``Classify`` that fails at
+    ``(``: name the would-be module instead of the parenthesis."""
     from dspex.ir.modules import ALIASES, MODULES
     from dspex.lang.diagnostics import did_you_mean
 
-    prev = getattr(exc, "interactive_parser", None)
-    if tok.type != "NAME" or prev is None:
+    interactive = getattr(exc, "interactive_parser", None)
+    if tok.type != "LPAR" or interactive is None:
         return None
+    stack = interactive.parser_state.value_stack
+    if len(stack) < 2 or not isinstance(stack[-1], Token) or stack[-1].type != "NAME":
+        return None
+    bind = stack[-2]
+    if isinstance(bind, Tree) and bind.children:  # the statements so far, collected by a `_stmt*` rule
+        bind = bind.children[-1]
+    if not (isinstance(bind, ast.Bind) and isinstance(bind.value, ast.NameRef)):
+        return None
+    name = bind.value.name
+    return name, did_you_mean(name.text, list(MODULES) + list(ALIASES) + ["call"])
     stack = prev.parser_state.value_stack
     if len(stack) >= 2 and isinstance(stack[-1], ast.NameRef):
         name = stack[-1].name.text

@@ -341,6 +341,8 @@ class _Lowerer:
         if o.name is None:
             self.rep.error("E202", o.span, "options must be named: with (temperature = 0.2)")
             return None
+        if isinstance(o.value, ast.Lit) and o.value.kind == "error":
+            return None  # a malformed literal, already reported (E002)
         kind = OPTION_TYPES.get(o.name.text)
         base = dict(name=o.name.text, span=o.name.span, value_span=o.value.span)
         if kind == LM_REF:
@@ -388,8 +390,9 @@ class _Lowerer:
                        file=self.file, line=decl.name.span.line, col=decl.name.span.col))
 
     def _warn_unused(self, scope: _Scope) -> None:
+        outputs = {f.name.text for f in self.d.outputs}  # bound in some branches only: E301 says it already
         for b in scope.bindings.values():
-            if not b.read and b.name.text not in self.partial_reads:
+            if not b.read and b.name.text not in self.partial_reads and b.name.text not in outputs:
                 self.rep.warning("W301", b.name.span, f"'{b.name.text}' is bound but never used")
         for child in scope.children:
             self._warn_unused(child)

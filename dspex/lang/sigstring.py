@@ -300,12 +300,15 @@ class _Parser:
         raw = self.text[start:end]
         if not closed:
             raise _Fail("E002", start, end, "unterminated string")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                value = ast.literal_eval(raw)
-        except Exception:  # noqa: BLE001 - any failure of Python's own decoder means a bad literal
-            raise _Fail("E002", start, end, f"invalid string literal {raw}") from None
+        if "\\" not in raw and raw.isprintable():  # nothing for Python's decoder to do (or refuse)
+            value = raw[1:-1]
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = ast.literal_eval(raw)
+            except Exception:  # noqa: BLE001 - any failure of Python's own decoder means a bad literal
+                raise _Fail("E002", start, end, f"invalid string literal {raw}") from None
         self.pos = self.tok_end = end
         return Lit(value, "str", self.span_of(start, end), raw)
 

@@ -147,6 +147,7 @@ class StepChecker:
     def _args(self, what: str, params: tuple[Field, ...] | None, args: list[StepArg],
               target_span: Span) -> tuple[tuple[str, ir.Expr], ...]:
         given: dict[str, ir.Expr] = {}
+        unknown: list[str] = []
         by_name = {f.name: f for f in params} if params is not None else None
         for a in args:
             if a.name is None:
@@ -161,6 +162,7 @@ class StepChecker:
                 if f is None:
                     noun = "input" if what.startswith(("signature", "pipeline")) else "parameter"
                     self.rep.error("E202", a.span, f"{what} has no {noun} '{a.name}'", did_you_mean(a.name, by_name))
+                    unknown.append(a.name)
                     continue
                 if not assignable(t, f.type):
                     self.rep.error("E201", a.value_span, f"'{a.name}' expects {render(f.type)}, got {render(t)}")
@@ -168,8 +170,8 @@ class StepChecker:
             given[a.name] = expr
         if params is None:
             return tuple(sorted(given.items()))
-        for f in params:
-            if f.required and f.name not in given:
+        for f in params:  # an input a misspelled argument was meant for is not missing too (E202 said so)
+            if f.required and f.name not in given and not any(did_you_mean(u, [f.name]) for u in unknown):
                 self.rep.error("E207", target_span, f"missing input '{f.name}' of {what}")
         return tuple((f.name, given[f.name]) for f in params if f.name in given)
 
