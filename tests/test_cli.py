@@ -24,13 +24,10 @@ from dspex.ir.artifact import dumps, load
 from dspex.lang.compile import compile_file
 
 REPO = Path(__file__).parents[1]
-SHARED = REPO.parent / "shared" / "examples"
+SHARED = REPO / "examples"  # the shared sample programs, copied into the repository
 CORPUS = REPO / "examples" / "diagnostics"
-REVIEWS_SOURCE = (SHARED / "reviews.dspex") if (SHARED / "reviews.dspex").exists() else None
 SPEC_KEYS = {"file", "line", "col", "end_line", "end_col", "severity", "code", "message"}
 NODE_KEYS = {"id", "kind", "module", "signature", "engine", "deps", "vars"}
-
-pytestmark = pytest.mark.skipif(REVIEWS_SOURCE is None, reason="the shared examples are not beside this checkout")
 
 MISSPELLED = '''\
 signature Guess = "clue -> word"

@@ -11,7 +11,7 @@ import dspex
 from dspex.errors import CompileError, TraceError
 from dspex.ir.types import STR, EnumOf, ListOf, OptionalOf
 
-EXAMPLES = Path(__file__).parents[2].parent / "shared/examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 @dspex.signature

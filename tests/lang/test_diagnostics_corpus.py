@@ -1,8 +1,8 @@
 """Where diagnostics point (SPEC §4): every corpus program reports exactly what its ``# expect:`` lines say,
 and a handful of diagnostics render exactly, caret and help included (golden tests compare whole texts).
 
-The corpora are the repository's ``examples/diagnostics`` and the shared ``examples/diagnostics`` beside
-the SPEC. A diagnostic found in an imported file belongs to that file, so each file is held only to the
+The corpora are the repository's ``examples/diagnostics`` and, in its ``spec/`` folder, the SPEC's own
+examples. A diagnostic found in an imported file belongs to that file, so each file is held only to the
 diagnostics located in it.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dspex.lang.compile import check_file, check_source
 from dspex.lang.diagnostics import Diagnostic
 
 REPO = Path(__file__).parents[2]
-CORPORA = (REPO / "examples" / "diagnostics", REPO.parent / "shared" / "examples" / "diagnostics")
+CORPORA = (REPO / "examples" / "diagnostics", REPO / "examples" / "diagnostics" / "spec")
 FILES = sorted((p for corpus in CORPORA for p in corpus.glob("*.dspex")), key=lambda p: (p.parent.name, p.name))
 SPEC_CODES = {"E001", "E002", "E101", "E102", "E103", "E104", "E105", "E201", "E202", "E203", "E204", "E205",
               "E206", "E207", "E208", "E209", "E301", "E302", "E401", "W301"}
@@ -51,7 +51,7 @@ def test_the_corpora_are_there() -> None:
     assert len([p for p in FILES if p.parent == CORPORA[0]]) >= len(SPEC_CODES)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: ("shared/" if p.parent == CORPORA[1] else "") + p.name)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: ("spec/" if p.parent == CORPORA[1] else "") + p.name)
 def test_reports_exactly_what_the_file_expects(path: Path) -> None:
     got = own(path, check_file(path))
     assert Counter((d.code, d.line) for d in got) == expectations(path), "\n".join(d.render() for d in got)
@@ -133,8 +133,6 @@ def test_the_spec_example_renders_exactly() -> None:
 ])
 def test_shared_examples_render_exactly(name: str, text: str) -> None:
     path = CORPORA[1] / name
-    if not path.exists():
-        pytest.skip(f"the shared corpus is not beside this checkout ({path})")
     assert "\n".join(d.render() for d in check_file(str(path))) == text.format(file=path)
 
 
