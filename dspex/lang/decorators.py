@@ -285,8 +285,9 @@ class _Tracer:
         return "lm" if name in self.lm_names else None
 
     def names_of(self, kind: str) -> list[str]:
-        return list({"signature": self.signatures, "tool": self.tools, "pipeline": self.pipelines,
-                     "var": self.vars}.get(kind, {}))
+        tables: dict[str, dict[str, Any]] = {"signature": self.signatures, "tool": self.tools,
+                                             "pipeline": self.pipelines, "var": self.vars}
+        return list(tables.get(kind, {}))
 
     def signature(self, name: str) -> Signature | None:
         return self.signatures.get(name)

@@ -130,10 +130,10 @@ class ExprChecker:
         if op in ("==", "!="):
             if not self._comparable(left, right):
                 self.rep.error(self.code, rnode.span, f"cannot compare {render(left)} with {render(right)}")
-            elif isinstance(rnode, ast.Lit) and isinstance(_strip_optional(left), EnumOf):
-                self.check_member(_strip_optional(left), rnode)
-            elif isinstance(lnode, ast.Lit) and isinstance(_strip_optional(right), EnumOf):
-                self.check_member(_strip_optional(right), lnode)
+                return
+            for lit, other in ((rnode, _strip_optional(left)), (lnode, _strip_optional(right))):
+                if isinstance(lit, ast.Lit) and isinstance(other, EnumOf):
+                    self.check_member(other, lit)
             return
         ok = (_numeric(_strip_optional(left)) and _numeric(_strip_optional(right))) or (
             _strip_optional(left) == STR and _strip_optional(right) == STR)

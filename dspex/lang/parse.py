@@ -441,7 +441,7 @@ def _parse(source: str, file: str, rep: Reporter) -> ParseResult:
 def _parse_chunk(parser: Lark, text: str, rep: Reporter) -> tuple[list[Any], bool]:
     _state.errors = []
     try:
-        decls = parser.parse(text)
+        decls: list[Any] = parser.parse(text)  # type: ignore[assignment]  # the transformer's `start` list
         ok = True
     except UnexpectedInput as exc:
         decls, ok = [], False
@@ -477,7 +477,8 @@ def _expected_text(parser: Lark, expected: set[str]) -> str:
 
 def _report_syntax(exc: UnexpectedInput, parser: Lark, text: str, rep: Reporter) -> None:
     if isinstance(exc, UnexpectedCharacters):
-        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        pos = exc.pos_in_stream or 0
+        ch = text[pos] if pos < len(text) else ""
         span = Span(exc.line, exc.column, exc.line, exc.column + 1)
         if ch == '"':
             rep.error("E002", span, "unterminated string", 'close it with " on the same line, or use """ for text '
@@ -526,11 +527,4 @@ def _misspelled_module(exc: UnexpectedToken, tok: Token) -> tuple[ast.Name, str 
         return None
     name = bind.value.name
     return name, did_you_mean(name.text, list(MODULES) + list(ALIASES) + ["call"])
-    stack = prev.parser_state.value_stack
-    if len(stack) >= 2 and isinstance(stack[-1], ast.NameRef):
-        name = stack[-1].name.text
-        hint = did_you_mean(name, list(MODULES) + list(ALIASES) + ["call"])
-        if hint:
-            return f"'{name}' is not a module; {hint}"
-    return None
 

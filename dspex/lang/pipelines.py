@@ -345,6 +345,7 @@ class _Lowerer:
             return None  # a malformed literal, already reported (E002)
         kind = OPTION_TYPES.get(o.name.text)
         base = dict(name=o.name.text, span=o.name.span, value_span=o.value.span)
+        names: tuple[tuple[str, Span], ...] | None
         if kind == LM_REF:
             names = ((o.value.name.text, o.value.span),) if isinstance(o.value, ast.NameRef) else None
             return StepOption(**base, names=names)  # type: ignore[arg-type]
