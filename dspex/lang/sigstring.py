@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import re
 import typing
 import unicodedata
 import warnings
@@ -27,6 +28,7 @@ _WS = " \t\n\r\f"
 _QUOTES = "'\""
 _MAX_DEPTH = 64  # Python itself refuses much deeper nesting; the limit keeps recursion bounded
 _DEFAULT_HELP = "the string form has no defaults (DSPy drops them); write a block signature: in k: int = 3"
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+")  # exactly the ASCII characters ("_" + c).isidentifier() accepts
 _LONE_NONE = "'None' is not a field type on its own: write 'T | None' or 'Optional[T]'"
 
 
@@ -138,6 +140,9 @@ class _Parser:
 
     def word_end(self, pos: int) -> int:
         """End of the run of identifier characters (Python's, Unicode included) starting at ``pos``."""
+        m = _ASCII_WORD.match(self.text, pos, self.end)  # the common case in one step; the loop goes on past it
+        if m:
+            pos = m.end()
         while pos < self.end and ("_" + self.text[pos]).isidentifier():
             pos += 1
         return pos

@@ -7,7 +7,7 @@ import pytest
 
 import dspex
 
-REVIEWS = (Path(__file__).parents[2].parent / "shared/examples/reviews.dspex").read_text()
+REVIEWS = (Path(__file__).parents[2] / "examples/reviews.dspex").read_text()
 
 BASE = '''
 type Mood = enum("positive", "negative")
