@@ -70,7 +70,7 @@ def summarize(benchmarks: list[Any]) -> list[str]:
         target = ours["extra_info"].get("target")
         verdict = "" if target is None else (f"  (target <= {target}: "
                                              f"{'met' if ratio_median <= target else 'NOT met'})")
-        lines.append(f"  ratio dspex/{theirs['extra_info'].get('competitor', 'competitor')}: "
+        lines.append(f"  ratio dspex / {theirs['extra_info'].get('competitor', 'competitor')}: "
                      f"{ratio_median:.3f} (median), {ratio_min:.3f} (min){verdict}")
     return lines
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from dspex.ir import expr as ir
 from dspex.ir.program import Field, LMDecl, Pipeline, Program, Range, Signature, ToolDecl, VarDecl
-from dspex.ir.types import ANY, FLOAT, INT, AnyType, EnumOf, OptionalOf, Record, RecordField, Type, assignable, render
+from dspex.ir.types import ANY, FLOAT, INT, AnyType, EnumOf, OptionalOf, Record, RecordField, Type, render
 from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter, did_you_mean
-from dspex.lang.exprs import ExprChecker, coerce_literal
+from dspex.lang.exprs import ExprChecker, coerce_literal, fits
 from dspex.lang.parse import gc_paused
 from dspex.lang.sigstring import parse_signature_string
 from dspex.lang.steps import KIND_WORDS
@@ -217,12 +217,13 @@ class Declarations:
             return None, False
         checker = ExprChecker(self.rep, self._no_names)
         expr, lt = checker.check(e)
-        if not assignable(lt, t):
-            self.rep.error("E201", e.span, f"{what} must be {render(t)}, got {render(lt)}")
+        if not fits(expr, lt, t):
+            inner = t.inner if isinstance(t, OptionalOf) else t
+            if isinstance(e, ast.Lit) and e.kind == "str" and isinstance(inner, EnumOf):
+                checker.check_member(inner, e)
+            else:
+                self.rep.error("E201", e.span, f"{what} must be {render(t)}, got {render(lt)}")
             return None, False
-        inner = t.inner if isinstance(t, OptionalOf) else t
-        if isinstance(e, ast.Lit) and e.kind == "str" and isinstance(inner, EnumOf):
-            checker.check_member(inner, e)
         coerced = coerce_literal(expr, t)
         return _python(coerced), True
 

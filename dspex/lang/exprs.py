@@ -14,7 +14,7 @@ from dspex.ir.types import (ANY, BOOL, FLOAT, INT, NONE, STR, AnyType, DictOf, E
 from dspex.lang import ast
 from dspex.lang.diagnostics import Reporter, did_you_mean
 
-__all__ = ["Typed", "ExprChecker", "literal_type", "coerce_literal"]
+__all__ = ["Typed", "ExprChecker", "literal_type", "coerce_literal", "fits"]
 
 Typed = tuple[ir.Expr, Type]
 Resolver = Callable[[ast.Name], Typed]
@@ -32,6 +32,27 @@ def coerce_literal(e: ir.Expr, expected: Type) -> ir.Expr:
     if isinstance(e, ir.ListExpr) and isinstance(inner, ListOf):
         return ir.ListExpr(tuple(coerce_literal(i, inner.item) for i in e.items))
     return e
+
+
+def fits(e: ir.Expr, t: Type, expected: Type) -> bool:
+    """Can ``e`` (of type ``t``) be passed where ``expected`` is wanted? Like ``assignable``, but a string
+    literal that is a member of an expected enum fits it (``tone = "formal"`` for ``tone: Tone``)."""
+    if assignable(t, expected):
+        return True
+    inner = expected.inner if isinstance(expected, OptionalOf) else expected
+    if isinstance(e, ir.Lit) and isinstance(e.value, str) and isinstance(inner, EnumOf):
+        return e.value in inner.values
+    if isinstance(e, ir.ListExpr) and isinstance(inner, ListOf):
+        return all(fits(i, _literal_type(i), inner.item) for i in e.items)
+    return False
+
+
+def _literal_type(e: ir.Expr) -> Type:
+    if isinstance(e, ir.Lit):
+        v = e.value
+        return NONE if v is None else BOOL if isinstance(v, bool) else INT if isinstance(v, int) else \
+            FLOAT if isinstance(v, float) else STR if isinstance(v, str) else ANY
+    return ANY
 
 
 def _numeric(t: Type) -> bool:

@@ -13,10 +13,10 @@ from typing import Protocol
 from dspex.ir import expr as ir
 from dspex.ir.modules import (CALL_OPTIONS, DURATION, LM_REF, MODULES, OPTION_TYPES, TOOL_REFS, canonical_module)
 from dspex.ir.program import Field, Pipeline, Signature, ToolDecl
-from dspex.ir.types import ANY, AnyType, EnumOf, OptionalOf, Record, RecordField, Type, assignable, render
+from dspex.ir.types import ANY, AnyType, EnumOf, OptionalOf, Record, RecordField, Type, render
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter, did_you_mean
-from dspex.lang.exprs import Typed, coerce_literal
+from dspex.lang.exprs import Typed, coerce_literal, fits
 
 __all__ = ["Env", "StepArg", "StepOption", "StepSpec", "StepChecker", "result_type", "KIND_WORDS"]
 
@@ -164,8 +164,9 @@ class StepChecker:
                     self.rep.error("E202", a.span, f"{what} has no {noun} '{a.name}'", did_you_mean(a.name, by_name))
                     unknown.append(a.name)
                     continue
-                if not assignable(t, f.type):
-                    self.rep.error("E201", a.value_span, f"'{a.name}' expects {render(f.type)}, got {render(t)}")
+                if not fits(expr, t, f.type):
+                    self.rep.error("E201", a.value_span, f"'{a.name}' expects {render(f.type)}, got {render(t)}",
+                                   _member_hint(expr, f.type))
                 expr = coerce_literal(expr, f.type)
             given[a.name] = expr
         if params is None:
@@ -216,7 +217,7 @@ class StepChecker:
                                did_you_mean(str(getattr(expr, "value", "")), expected.values))
                 return None
             return expr
-        if not assignable(t, expected) or isinstance(t, AnyType) and isinstance(expr, ir.Lit):
+        if not fits(expr, t, expected) or isinstance(t, AnyType) and isinstance(expr, ir.Lit):
             self.rep.error("E201", o.value_span, f"'{o.name}' expects {render(expected)}, got {render(t)}")
             return None
         return coerce_literal(expr, expected)
@@ -255,6 +256,13 @@ class StepChecker:
                            did_you_mean(name, [x.name for x in result.fields]))
             return ANY
         return f.type
+
+
+def _member_hint(e: ir.Expr, t: Type) -> str | None:
+    inner = t.inner if isinstance(t, OptionalOf) else t
+    if isinstance(e, ir.Lit) and isinstance(e.value, str) and isinstance(inner, EnumOf):
+        return did_you_mean(e.value, inner.values)
+    return None
 
 
 def _literal_option(options: tuple[tuple[str, ir.Expr], ...], name: str) -> object:

@@ -196,3 +196,22 @@ def test_string_signature_types() -> None:
                                ).signatures["S"]
     assert [f.type for f in sig.inputs] == [STR, ListOf(STR)]
     assert [f.type for f in sig.outputs] == [OptionalOf(INT), EnumOf(("x", "y"))]
+
+
+def test_enum_members_as_string_literals() -> None:
+    src = '''type Tone = enum("formal", "casual")
+var tone: Tone = "formal" in ["formal", "casual"]
+signature S {
+  in x: str
+  in tone: Tone = "casual"
+  in tones: list[Tone] = ["formal"]
+  out y: str
+}
+pipeline p(x: str) -> (y: str, z: str) {
+  y = predict S(x = x, tone = "formal", tones = ["casual", "formal"]).y
+  z = predict S(x = x, tone = "formel").y
+}'''
+    diags = dspex.check_source(src)
+    assert [(d.code, d.line) for d in diags] == [("E201", 11)]
+    assert diags[0].help == "did you mean 'formal'?"
+    assert codes('type T = enum("a")\nvar t: T = "b"\n') == [("E201", 2)]
