@@ -16,7 +16,7 @@ from dspex.ir.program import Program
 from dspex.lang import ast
 from dspex.lang.check import Declarations, Imported
 from dspex.lang.diagnostics import Diagnostic, Reporter, did_you_mean
-from dspex.lang.parse import ParseResult, parse
+from dspex.lang.parse import ParseResult, gc_paused, parse
 
 __all__ = ["Compilation", "compile_source", "compile_file", "check_source", "check_file"]
 
@@ -47,7 +47,8 @@ class Compilation:
     @cached_property
     def program(self) -> Program:
         """The lowered program (check ``has_errors`` first: a program with errors is incomplete)."""
-        program = self.declarations.lower()
+        with gc_paused():  # one pause over every phase: see gc_paused
+            program = self.declarations.lower()
         sha = hashlib.sha256(self.source.encode("utf-8")).hexdigest()
         return replace(program, source_sha256=sha)
 

@@ -20,6 +20,7 @@ from lark.lexer import PatternStr
 from dspex.lang import ast
 from dspex.lang.ast import Span
 from dspex.lang.diagnostics import Reporter
+from dspex.lang.lalr_driver import FAILED, LalrDriver
 
 __all__ = ["parse", "ParseResult", "DURATION_UNITS", "cleandoc", "decode_string", "grammar_text", "gc_paused"]
 
@@ -368,15 +369,17 @@ class _Build(Transformer):  # type: ignore[type-arg]
 
 
 _parser: Lark | None = None
+_driver: LalrDriver | None = None
 _lock = threading.Lock()
 
 
 def _get_parser() -> Lark:
-    global _parser
+    global _parser, _driver
     with _lock:
         if _parser is None:
             _parser = Lark.open_from_package("dspex.grammar", "dspex.lark", parser="lalr",
                                              transformer=_Build(), maybe_placeholders=True)
+            _driver = LalrDriver.build(_parser)
     return _parser
 
 
@@ -440,12 +443,16 @@ def _parse(source: str, file: str, rep: Reporter) -> ParseResult:
 
 def _parse_chunk(parser: Lark, text: str, rep: Reporter) -> tuple[list[Any], bool]:
     _state.errors = []
-    try:
-        decls: list[Any] = parser.parse(text)  # type: ignore[assignment]  # the transformer's `start` list
-        ok = True
-    except UnexpectedInput as exc:
-        decls, ok = [], False
-        _report_syntax(exc, parser, text, rep)
+    decls: list[Any] = _driver.parse(text) if _driver is not None else FAILED
+    ok = decls is not FAILED
+    if not ok:  # Lark itself, for the exact error (the fast loop only knows success)
+        _state.errors = []
+        try:
+            decls = parser.parse(text)  # type: ignore[assignment]  # the transformer's `start` list
+            ok = True
+        except UnexpectedInput as exc:
+            decls = []
+            _report_syntax(exc, parser, text, rep)
     for code, span, message, help in _state.errors:
         rep.error(code, span, message, help)
     return decls, ok and not _state.errors
