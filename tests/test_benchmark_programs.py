@@ -4,8 +4,6 @@ compiled signature: the compile benchmark compares like with like."""
 from __future__ import annotations
 
 import random
-import typing
-from typing import Any
 
 import dspy
 import pytest
@@ -13,20 +11,9 @@ import pytest
 import dspex
 from benchmarks.programs import generate_program
 from dspex.ir.types import to_python
+from tests.interop.test_dspy_signature import canonical
 
 N_SIGNATURES, N_PIPELINES = 60, 6
-
-
-def canonical(annotation: Any) -> Any:
-    """``typing.List[X]``/``typing.Dict`` as ``list``/``dict`` (as in tests/interop/test_dspy_signature.py)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is list:
-        return list[canonical(args[0])]  # type: ignore[misc]
-    if origin is dict:
-        return dict[canonical(args[0]), canonical(args[1])]  # type: ignore[misc]
-    if origin is typing.Union:
-        return typing.Union[tuple(canonical(a) for a in args)]
-    return annotation
 
 
 @pytest.fixture(scope="module")

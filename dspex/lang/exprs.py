@@ -10,7 +10,7 @@ from typing import Callable
 
 from dspex.ir import expr as ir
 from dspex.ir.types import (ANY, BOOL, FLOAT, INT, NONE, STR, AnyType, DictOf, EnumOf, ListOf, NoneType,
-                            OptionalOf, Prim, Record, Type, assignable, element_type, render, unify)
+                            OptionalOf, Record, Type, assignable, element_type, render, unify)
 from dspex.lang import ast
 from dspex.lang.diagnostics import Reporter, did_you_mean
 

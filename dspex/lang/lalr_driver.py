@@ -75,7 +75,7 @@ class LalrDriver:
 
     def parse(self, text: str) -> Any:
         """What ``Lark.parse(text)`` returns, or ``FAILED`` where Lark would raise (or anything unusual)."""
-        table, scans, shift_callbacks = self.table, self.scans, self.shift_callbacks
+        scans, shift_callbacks = self.scans, self.shift_callbacks
         states = [self.start]
         values: list[Any] = []
         pos, line, line_start, n = 0, 1, 0, len(text)

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dspex
 
 from dspex.errors import CompileError
 from dspex.lang.fmt import check_formatted, format_source
@@ -316,3 +319,17 @@ def test_check_formatted() -> None:
 def test_random_programs_round_trip(source: str) -> None:
     assert tree(source)[1] == []  # the generator only writes programs that parse
     assert_round_trip(source)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000))
+def test_formatting_keeps_every_fingerprint(seed: int) -> None:
+    from benchmarks.programs import generate_program
+
+    source, _ = generate_program(12, 4, seed=seed)
+    formatted = format_source(source)
+    before, after = dspex.compile_source(source), dspex.compile_source(formatted)
+    assert after.fingerprint == before.fingerprint
+    assert {n: p.fingerprint for n, p in after.pipelines.items()} == {
+        n: p.fingerprint for n, p in before.pipelines.items()}
+    assert format_source(formatted) == formatted
