@@ -16,7 +16,8 @@ _EXPORTS = {
     "load": "dspex.ir.artifact",
     "Diagnostic": "dspex.lang.diagnostics",
     "DSPexError": "dspex.errors", "CompileError": "dspex.errors", "ArtifactError": "dspex.errors",
-    "TraceError": "dspex.errors",
+    "TraceError": "dspex.errors", "StepError": "dspex.errors", "ToolLoadError": "dspex.errors",
+    "Runtime": "dspex.runtime.runtime",
     "Program": "dspex.ir.program", "Signature": "dspex.ir.program", "Field": "dspex.ir.program",
     "Pipeline": "dspex.ir.program", "Graph": "dspex.ir.graph", "Node": "dspex.ir.graph",
     "signature": "dspex.lang.decorators", "pipeline": "dspex.lang.decorators", "var": "dspex.lang.decorators",
@@ -28,10 +29,15 @@ _EXPORTS = {
     "call": "dspex.lang.decorators", "tool": "dspex.lang.decorators",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "lm", *_EXPORTS]
+
+
+_SUBPACKAGES = {"lm"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return import_module(f"dspex.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dspex' has no attribute {name!r}")
@@ -45,7 +51,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from dspex.errors import ArtifactError, CompileError, DSPexError, TraceError
+    from dspex.errors import ArtifactError, CompileError, DSPexError, StepError, ToolLoadError, TraceError
+    from dspex.runtime.runtime import Runtime
     from dspex.ir.artifact import load
     from dspex.ir.graph import Graph, Node
     from dspex.ir.program import Field, Pipeline, Program, Signature

@@ -1,4 +1,4 @@
-"""The ``dspexc`` command (SPEC §7): ``check``, ``build``, ``graph``, ``fmt`` and ``version``.
+"""The ``dspexc`` command (SPEC §7): ``check``, ``build``, ``graph``, ``fmt``, ``run`` and ``version``.
 
 Exit codes are the contract: 0 ok, 1 the input has errors (or an artifact is unsound), 2 usage errors
 (click's own, a missing input file, an unknown pipeline name). Bad input never shows a traceback: a
@@ -311,6 +311,52 @@ def fmt(files: InputFiles,
                     typer.echo(f"formatted {path}")
         except typer.Exit:
             failed = True
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, show_default=False,
+                                             metavar="FILE", help="A .dspex source or a .dspexc artifact.")],
+        pipeline: Annotated[str, typer.Option("--pipeline", "-p", show_default=False,
+                                              help="The pipeline to run.")],
+        input_path: Annotated[Optional[str], typer.Option("--input", "-i", show_default=False,
+                                                          help="JSONL rows of inputs; - or none: stdin.")] = None,
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", show_default=False,
+                                                       help="JSONL results (default: stdout).")] = None,
+        lm: Annotated[Optional[str], typer.Option("--lm", show_default=False,
+                                                  help="LM spec for steps that name none, e.g. local:smollm2 or "
+                                                       "openai:MODEL@BASE_URL.")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", min=1, show_default=False)] = None,
+        concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Rows in flight.")] = 16,
+        resume: Annotated[bool, typer.Option("--resume", help="Skip rows whose id is already in OUTPUT.")] = False,
+        ) -> None:
+    """Run PIPELINE of FILE over every input row; one result line per row, in input order."""
+    from dspex.runtime.batch import read_rows
+    from dspex.runtime.runtime import Runtime
+
+    if resume and output is None:
+        _fail("--resume needs --output: the results of the earlier run are read from there", 2)
+    with _reporting():
+        program = _program(file)
+    if pipeline not in program.pipelines:
+        hint = did_you_mean(pipeline, program.pipelines)
+        _fail(f"{file} has no pipeline '{pipeline}'" + (f"; {hint}" if hint else ""), 2)
+    try:
+        stream = sys.stdin if input_path in (None, "-") else open(input_path, encoding="utf-8")
+        with stream:
+            rows = read_rows(stream)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc), 2)
+    sys.path.insert(0, str(file.resolve().parent))  # tools named `module:function` live beside the program
+    failed = 0
+    with _reporting(), Runtime(lm=lm, workers=workers) as rt:
+        for result in rt.batch(program.pipelines[pipeline], rows, concurrency=concurrency,
+                               progress=sys.stderr.isatty(), checkpoint=output, resume=resume):
+            failed += not result.ok
+            if output is None:
+                typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    if output is not None:
+        typer.echo(f"wrote {len(rows)} rows to {output} ({failed} failed)", err=True)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from dspex.lang.diagnostics import Diagnostic
 
-__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError"]
+__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError", "StepError", "ToolLoadError"]
 
 
 class DSPexError(Exception):
@@ -40,3 +40,27 @@ class TraceError(DSPexError):
     """A decorated pipeline did something tracing cannot follow (Python control flow on a traced value)."""
 
     code = "TRACE"
+
+
+class StepError(DSPexError):
+    """A step failed: names the node, its source line, the step's inputs and the cause (``__cause__`` too)."""
+
+    code = "STEP"
+
+    def __init__(self, node: str, line: int, inputs: dict[str, object], cause: BaseException,
+                 file: str = ""):
+        self.node, self.line, self.inputs, self.cause, self.file = node, line, inputs, cause, file
+        where = f" ({file}:{line})" if file and line else (f" (line {line})" if line else "")
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in inputs.items())
+        super().__init__(f"step '{node}'{where} failed: {type(cause).__name__}: {cause} [inputs: {shown}]")
+
+
+class ToolLoadError(DSPexError):
+    """A tool's ``python("module:function")`` could not be imported, or is not callable."""
+
+    code = "TOOL_LOAD"
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

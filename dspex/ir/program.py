@@ -127,6 +127,12 @@ class Pipeline:
     def fingerprint(self) -> str:
         return self.graph.fingerprint
 
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        """Run on the default runtime (configured from ``dspex.toml`` and the environment)."""
+        from dspex.runtime.runtime import default_runtime
+
+        return default_runtime().run(self, **inputs)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pipeline) and (self.name, self.fingerprint) == (other.name, other.fingerprint)
 

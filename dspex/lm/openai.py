@@ -1,0 +1,245 @@
+"""The ``openai`` adapter: any OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp, Ollama).
+
+Speaks the wire protocol directly over a pooled ``httpx.AsyncClient`` (one per event loop, keep-alive),
+which is leaner than an SDK on the hot path. Structured output degrades step by step, and remembers it:
+``response_format`` of type ``json_schema`` (OpenAI, vLLM, llama.cpp's C++ server), else ``json_object``
+with a ``schema`` (llama-cpp-python's server), else plain prompting, each step taken when the server answers
+400/422 naming ``response_format``. The API key is read from the environment at call time and appears
+nowhere else: not in ``identity``, ``repr`` or any error message.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, AsyncIterator, Iterator, Mapping
+
+import httpx
+
+from dspex.lm._loops import LoopThread, PerLoop
+from dspex.lm.base import LM, LMError, LMRequest, LMResponse
+
+__all__ = ["OpenAILM", "DEFAULT_BASE_URL", "RESPONSE_FORMATS", "parse_retry_after"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")  # strongest first; a rejection moves one step down
+_MAX_DETAIL = 300
+
+
+class OpenAILM(LM):
+    """An OpenAI-compatible endpoint. ``api_key_env`` names the variable holding the key (default
+    ``OPENAI_API_KEY`` for OpenAI itself, none elsewhere: local servers take no key); ``api_key`` is for
+    keys held at run time only, never for source. ``response_format`` is the first structured-output
+    form to try (``"none"``: always plain prompting)."""
+
+    def __init__(self, model: str, base_url: str = DEFAULT_BASE_URL, *, api_key_env: str | None = None,
+                 api_key: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
+                 timeout: float = 60.0, max_connections: int = 64, response_format: str = "json_schema"):
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        if api_key_env is None and api_key is None and self.base_url == DEFAULT_BASE_URL:
+            api_key_env = "OPENAI_API_KEY"
+        self.api_key_env = api_key_env
+        self._api_key = api_key
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.response_format = response_format  # the form in use now
+        self.supports_json_schema = response_format != "none"
+        self.identity = f"openai:{model}@{self.base_url}"
+        self._url = f"{self.base_url}/chat/completions"
+        self._clients: PerLoop[httpx.AsyncClient] = PerLoop(self._new_client)
+        self._sync = LoopThread(f"dspex-{self.identity}")
+
+    def _new_client(self) -> httpx.AsyncClient:
+        n = self.max_connections
+        return httpx.AsyncClient(timeout=self.timeout,
+                                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+    def api_key(self) -> str | None:
+        """The key for this call: read now, so a rotated key is picked up; a named but unset variable fails."""
+        if self._api_key is not None:
+            return self._api_key
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise LMError(f"{self.identity}: the environment variable {self.api_key_env} (api_key_env) is not set")
+        return key
+
+    def _headers(self) -> dict[str, str]:
+        key = self.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def body(self, request: LMRequest, fmt: str, *, stream: bool = False) -> dict[str, Any]:
+        """The JSON body for ``request`` with structured-output form ``fmt``."""
+        body: dict[str, Any] = {"model": self.model,
+                                "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            body["temperature"] = temperature
+        max_tokens = request.max_tokens if request.max_tokens is not None else self.max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.json_schema is not None and fmt == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": request.json_schema,
+                                                       "strict": True}}
+        elif request.json_schema is not None and fmt == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        if stream:
+            body["stream"] = True
+        return body
+
+    def _rejected_format(self, response: httpx.Response, body: Mapping[str, Any], fmt: str) -> bool:
+        """Did the server refuse ``fmt``? If so, step down (once, however many calls saw it) and say so."""
+        if "response_format" not in body or response.status_code not in (400, 422) \
+                or "response_format" not in response.text:
+            return False
+        if self.response_format == fmt:
+            self.response_format = RESPONSE_FORMATS[RESPONSE_FORMATS.index(fmt) + 1]
+            self.supports_json_schema = self.response_format != "none"
+        return True
+
+    async def acomplete(self, request: LMRequest) -> LMResponse:
+        started = time.perf_counter()
+        client = self._clients.get()
+        timeout = request.timeout or self.timeout
+        with self._http_errors(timeout):
+            headers = self._headers()
+            while True:
+                fmt = self.response_format
+                body = self.body(request, fmt)
+                response = await client.post(self._url, json=body, headers=headers, timeout=timeout)
+                if response.status_code < 400:
+                    break
+                if not self._rejected_format(response, body, fmt):
+                    raise self._status_error(response)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            usage = data.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (ValueError, LookupError, TypeError, AttributeError) as e:
+            raise LMError(f"{self.identity}: malformed response ({type(e).__name__}: {e})", retryable=True,
+                          status=response.status_code) from None
+        return LMResponse(text, prompt_tokens, completion_tokens, time.perf_counter() - started,
+                          str(data.get("model") or self.model), {"finish_reason": choice.get("finish_reason")})
+
+    async def astream(self, request: LMRequest) -> AsyncIterator[str]:
+        """Tokens from the server's SSE stream (``data:`` events until ``[DONE]``)."""
+        client = self._clients.get()
+        timeout = request.timeout or self.timeout
+        with self._http_errors(timeout):
+            headers = self._headers()
+            while True:
+                fmt = self.response_format
+                body = self.body(request, fmt, stream=True)
+                async with client.stream("POST", self._url, json=body, headers=headers, timeout=timeout) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        if self._rejected_format(resp, body, fmt):
+                            continue
+                        raise self._status_error(resp)
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        delta = self._delta(data)
+                        if delta:
+                            yield delta
+                    return
+
+    def _delta(self, data: str) -> str | None:
+        try:
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise LMError(f"{self.identity}: error in stream: {self._scrub(str(chunk['error']))}")
+            choices = chunk.get("choices") or [{}]
+            content = choices[0].get("delta", {}).get("content")
+            return content if isinstance(content, str) else None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise LMError(f"{self.identity}: malformed stream event ({type(e).__name__})", retryable=True) from None
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        """The synchronous call, on a private loop whose pooled client is reused across calls."""
+        return self._sync.run(self.acomplete(request))
+
+    async def aclose(self) -> None:
+        """Close this loop's client, and the private loop of ``complete`` if it was started."""
+        await self._close_loop_clients()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Release the private loop of ``complete`` (clients of other loops are closed by ``aclose``)."""
+        self._sync.close(self._close_loop_clients)
+
+    async def _close_loop_clients(self) -> None:
+        """Close what the running loop holds (subclasses holding more extend this)."""
+        client = self._clients.pop()
+        if client is not None:
+            await client.aclose()
+
+    @contextlib.contextmanager
+    def _http_errors(self, timeout: float) -> Iterator[None]:
+        """Transport failures as ``LMError``: timeouts and broken connections may succeed on a retry."""
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            raise LMError(f"{self.identity}: timed out after {timeout:g} s ({type(e).__name__})",
+                          retryable=True) from None
+        except httpx.TransportError as e:
+            raise LMError(f"{self.identity}: {type(e).__name__}: {self._scrub(str(e))}", retryable=True) from None
+        except httpx.HTTPError as e:
+            raise LMError(f"{self.identity}: {type(e).__name__}: {self._scrub(str(e))}") from None
+
+    def _status_error(self, response: httpx.Response) -> LMError:
+        status = response.status_code
+        try:
+            error = response.json().get("error")
+            detail = str(error.get("message") if isinstance(error, dict) else error or response.text)
+        except (ValueError, AttributeError):
+            detail = response.text
+        retryable = status in (408, 409, 429) or status >= 500
+        return LMError(f"{self.identity}: HTTP {status}: {self._scrub(detail)[:_MAX_DETAIL]}", retryable=retryable,
+                       status=status, retry_after=parse_retry_after(response.headers))
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key, should a server or library echo it back."""
+        key = self._api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None)
+        return text.replace(key, "***") if key else text
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None if absent."""
+    try:
+        millis = headers.get("retry-after-ms")
+        if millis is not None:
+            return max(0.0, float(millis) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

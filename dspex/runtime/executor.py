@@ -1,0 +1,216 @@
+"""The dataflow executor: runs a pipeline's graph on asyncio, every node as soon as its inputs are ready.
+
+Each node becomes a task that awaits the tasks it reads, so independent steps run concurrently with
+no scheduler of our own. ``map`` fans out under a concurrency bound and keeps order; a node guarded by
+an ``if`` runs only on the taken side (``SKIPPED`` otherwise) and a ``merge`` takes the side that ran.
+A failing step raises ``StepError`` naming the node, its source line, its inputs and the cause, unless
+its ``on_error`` says to drop the element (``skip``) or to use ``none``.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from dspex.engines.base import Engine, StepCall, StepResult
+from dspex.errors import DSPexError, StepError
+from dspex.ir.graph import Node
+from dspex.ir.program import Field, Pipeline
+from dspex.lm.base import LM
+from dspex.runtime.evaluate import evaluate, project
+from dspex.runtime.tools import load_tool
+
+__all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError"]
+
+SKIPPED: Any = type("Skipped", (), {"__repr__": lambda self: "SKIPPED"})()
+_DROP: Any = object()  # a map element whose step failed with on_error = "skip"
+
+
+class InputError(DSPexError):
+    """The pipeline was called with a missing or unknown input."""
+
+    code = "INPUT"
+
+
+@dataclass
+class NodeEvent:
+    """What happened at one node: ``kind`` is start, end, error, cache_hit or skip."""
+
+    kind: str
+    pipeline: str
+    node: str
+    engine: str = ""
+    lm: str = ""
+    duration_s: float = 0.0
+    lm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str = ""
+    at: float = field(default_factory=time.time)
+
+
+LMResolver = Callable[[Pipeline, str | None], LM]
+
+
+class Executor:
+    """Runs pipelines. ``resolve_lm(pipeline, name)`` gives the LM for a step (``name`` None: the default)."""
+
+    def __init__(self, resolve_lm: LMResolver, engines: Mapping[str, Engine], cache: Any = None,
+                 on_event: Callable[[NodeEvent], None] | None = None, map_concurrency: int = 16):
+        self.resolve_lm = resolve_lm
+        self.engines = engines
+        self.cache = cache
+        self.on_event = on_event
+        self.map_concurrency = map_concurrency
+
+    async def run(self, pipeline: Pipeline, inputs: Mapping[str, Any],
+                  var_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        values = bind_inputs(pipeline, inputs)
+        variables = {name: v.default for name, v in pipeline.vars.items()}
+        variables.update(var_values or {})
+        tasks: dict[str, asyncio.Task[Any]] = {}
+        for node in pipeline.graph:
+            if node.kind == "input":
+                continue
+            tasks[node.id] = asyncio.ensure_future(self._node(pipeline, node, values, tasks, variables))
+        try:
+            await asyncio.gather(*tasks.values())
+        except BaseException:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        return {n.id.removeprefix("out:"): values[n.id] for n in pipeline.graph.outputs}
+
+    async def _node(self, pipeline: Pipeline, node: Node, values: dict[str, Any],
+                    tasks: dict[str, asyncio.Task[Any]], variables: Mapping[str, Any]) -> None:
+        for dep in node.deps:
+            if dep in tasks:
+                await tasks[dep]
+        if any(values.get(g) is SKIPPED or bool(values.get(g)) != side for g, side in node.guard):
+            values[node.id] = SKIPPED
+            return
+        if node.kind in ("expr", "project", "output"):
+            values[node.id] = evaluate(node.args[0][1], values, variables)
+        elif node.kind == "branch":
+            values[node.id] = bool(evaluate(node.args[0][1], values, variables))
+        elif node.kind == "merge":
+            side = "then" if values[node.branch or ""] else "else"
+            values[node.id] = evaluate(dict(node.args)[side], values, variables)
+        elif node.kind == "step":
+            values[node.id] = await self._step(pipeline, node, values, variables, None)
+        else:
+            values[node.id] = await self._map(pipeline, node, values, variables)
+
+    async def _map(self, pipeline: Pipeline, node: Node, values: dict[str, Any],
+                   variables: Mapping[str, Any]) -> list[Any]:
+        assert node.over is not None
+        items = evaluate(node.over, values, variables)
+        limit = asyncio.Semaphore(self.map_concurrency)
+
+        async def one(item: Any) -> Any:
+            async with limit:
+                return await self._step(pipeline, node, values, variables, (item,))
+
+        results = await asyncio.gather(*(one(i) for i in items))
+        return [r for r in results if r is not _DROP]
+
+    async def _step(self, pipeline: Pipeline, node: Node, values: Mapping[str, Any], variables: Mapping[str, Any],
+                    item: tuple[Any] | None) -> Any:
+        current = item[0] if item else None
+        args = {name: evaluate(e, values, variables, current) for name, e in node.args}
+        options = {name: evaluate(e, values, variables, current) for name, e in node.options}
+        on_error = options.pop("on_error", "fail")
+        started = time.perf_counter()
+        self._emit(NodeEvent("start", pipeline.name, node.id))
+        try:
+            result = await self._dispatch(pipeline, node, args, options, variables)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a StepError or an on_error value
+            self._emit(NodeEvent("error", pipeline.name, node.id, duration_s=time.perf_counter() - started,
+                                 error=f"{type(exc).__name__}: {exc}"))
+            if on_error == "skip" and item is not None:
+                return _DROP
+            if on_error in ("none", "skip"):
+                return None
+            if isinstance(exc, StepError):
+                raise
+            raise StepError(node.id, node.line, args, exc, node.file) from exc
+        return project(result, (node.select,)) if node.select else result
+
+    async def _dispatch(self, pipeline: Pipeline, node: Node, args: dict[str, Any], options: dict[str, Any],
+                        variables: Mapping[str, Any]) -> Any:
+        if node.module == "call":
+            return await self._call(pipeline, node, args, variables)
+        signature = pipeline.signatures[node.target or ""]
+        lm = self.resolve_lm(pipeline, options.pop("lm", None))
+        engine = self._engine(node.module or "", str(options.pop("engine", "auto")))
+        use_cache = bool(options.pop("cache", True)) and self.cache is not None
+        options.pop("stream", None)
+        tools = {name: load_tool(pipeline.tools[name]) for name in options.pop("tools", None) or pipeline.tools}
+        step_vars = {name: variables[name] for name in node.vars if name in variables}
+        call = StepCall(signature, node.module or "predict", args, options, step_vars, tools)
+        started = time.perf_counter()
+        ran: list[StepResult] = []
+
+        async def compute() -> dict[str, Any]:
+            result = await engine.run(call, lm)
+            ran.append(result)
+            return result.outputs
+
+        if use_cache:
+            from dspex.runtime.cache import cache_key
+
+            key = cache_key(node.fingerprint, args, lm.identity, {**options, "engine": engine.name}, step_vars)
+            outputs, hit = await self.cache.get_or_compute(key, compute)
+        else:
+            outputs, hit = await compute(), False
+        result = ran[0] if ran else StepResult(outputs, engine=engine.name)
+        self._emit(NodeEvent("cache_hit" if hit else "end", pipeline.name, node.id, engine.name, lm.identity,
+                             time.perf_counter() - started, result.lm_calls, result.prompt_tokens,
+                             result.completion_tokens))
+        return outputs
+
+    async def _call(self, pipeline: Pipeline, node: Node, args: dict[str, Any], variables: Mapping[str, Any]) -> Any:
+        if node.target_kind == "pipeline":
+            callee = pipeline.pipelines[node.target or ""]
+            return await self.run(callee, args, {k: v for k, v in variables.items() if k in callee.vars})
+        tool = pipeline.tools[node.target or ""]
+        fn = load_tool(tool)
+        value = await asyncio.to_thread(fn, **args)
+        from dspex.native.validate_py import compile_validator
+
+        return compile_validator((Field("return", tool.returns),)).validate({"return": value})["return"]
+
+    def _engine(self, module: str, asked: str) -> Engine:
+        if asked != "auto":
+            return self.engines[asked]
+        native = self.engines.get("native")
+        if native is not None and native.supports(module):
+            return native
+        return self.engines["dspy"]
+
+    def _emit(self, event: NodeEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def bind_inputs(pipeline: Pipeline, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The input nodes' values: given ones, then defaults; a missing or unknown input is an ``InputError``."""
+    from dspex.lang.diagnostics import did_you_mean
+
+    known = {f.name: f for f in pipeline.inputs}
+    for name in inputs:
+        if name not in known:
+            hint = did_you_mean(name, known)
+            raise InputError(f"pipeline '{pipeline.name}' has no input '{name}'" + (f"; {hint}" if hint else ""))
+    values: dict[str, Any] = {}
+    for f in pipeline.inputs:
+        if f.name in inputs:
+            values[f.name] = inputs[f.name]
+        elif f.has_default:
+            values[f.name] = f.default
+        else:
+            raise InputError(f"pipeline '{pipeline.name}' needs input '{f.name}'")
+    return values
+

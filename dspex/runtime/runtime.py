@@ -1,0 +1,188 @@
+"""The public ``Runtime``: runs compiled pipelines on real LMs, one row or a batch.
+
+A runtime owns an event loop on a background thread, so its synchronous methods work from any code
+(scripts, notebooks, the CLI) while LM clients, pooled connections and the cache stay on one loop.
+It picks each step's LM (the step's ``lm``, else the runtime's, else the program's ``default``, else
+the embedded SmolLM2), its engine (``native`` where it exists, else ``dspy``) and caches step results.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from pathlib import Path
+from typing import Any, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, TypeVar
+
+from dspex.engines.base import Engine, StepCall
+from dspex.ir.program import LMDecl, Pipeline, Signature
+from dspex.lm.base import LM
+from dspex.runtime.executor import Executor, NodeEvent
+
+__all__ = ["Runtime", "default_runtime", "DEFAULT_LM"]
+
+DEFAULT_LM = "local:smollm2"
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, lm: str | LM | None = None, *, workers: int | None = None, config: Any = None,
+                 cache: bool = True, vars: Mapping[str, Any] | None = None, concurrency: int | None = None,
+                 engines: Mapping[str, Engine] | None = None):
+        from dspex.runtime.config import load_config
+
+        self.config = load_config(config)
+        self.workers = workers
+        self.concurrency = concurrency or self.config.runtime.concurrency
+        self.var_values = dict(vars or {})
+        spec = lm if lm is not None else self.config.lm
+        self._override: LM | None = _as_lm(spec) if spec is not None else None
+        self._lms: dict[Any, LM] = {}
+        self.cache = None
+        if cache:
+            from dspex.runtime.cache import StepCache
+
+            self.cache = StepCache.from_config(self.config)
+        self.engines = dict(engines) if engines is not None else _default_engines()
+        self.events: collections.deque[NodeEvent] = collections.deque(maxlen=10_000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lms --------------------------------------------------------------------------------------
+    def lm_for(self, pipeline: Pipeline | None, name: str | None) -> LM:
+        """The LM a step uses: its named lm, else the runtime's, else the program's ``default``, else SmolLM2."""
+        lms: Mapping[str, LMDecl] = pipeline.lms if pipeline is not None else {}
+        if name is None:
+            if self._override is not None:
+                return self._override
+            if "default" not in lms:
+                return self._cached(("spec", DEFAULT_LM), lambda: _as_lm(DEFAULT_LM))
+            name = "default"
+        decl = lms[name]
+
+        def make() -> LM:
+            from dspex.lm.spec import lm_from_decl
+
+            return lm_from_decl(decl, lms)
+
+        return self._cached(("decl", repr(decl)), make)
+
+    def _cached(self, key: Any, make: Any) -> LM:
+        with self._lock:
+            if key not in self._lms:
+                self._lms[key] = make()
+            return self._lms[key]
+
+    # -- running ----------------------------------------------------------------------------------
+    def executor(self, on_event: Any = None) -> Executor:
+        def emit(event: NodeEvent) -> None:
+            self.events.append(event)
+            if on_event is not None:
+                on_event(event)
+
+        return Executor(self.lm_for, self.engines, self.cache, emit, self.concurrency)
+
+    async def arun(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
+        """The pipeline's outputs for these inputs; raises ``StepError`` naming the failing node."""
+        return await self.executor().run(pipeline, inputs, self.var_values)
+
+    def run(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
+        return self._submit(self.arun(pipeline, **inputs))
+
+    async def acall(self, signature: Signature, module: str = "predict", **inputs: Any) -> dict[str, Any]:
+        """One step outside any pipeline: ``module`` over ``signature``."""
+        from dspex.ir.modules import canonical_module
+
+        module = canonical_module(module)
+        native = self.engines.get("native")
+        engine = native if native is not None and native.supports(module) else self.engines["dspy"]
+        result = await engine.run(StepCall(signature, module, inputs, {}, dict(self.var_values)),
+                                  self.lm_for(None, None))
+        return result.outputs
+
+    def call(self, signature: Signature, module: str = "predict", **inputs: Any) -> dict[str, Any]:
+        return self._submit(self.acall(signature, module, **inputs))
+
+    async def stream(self, pipeline: Pipeline, /, **inputs: Any) -> AsyncIterator[NodeEvent | dict[str, Any]]:
+        """Node events as they happen, then the outputs (a dict) last."""
+        queue: asyncio.Queue[NodeEvent] = asyncio.Queue()
+        task = asyncio.ensure_future(self.executor(queue.put_nowait).run(pipeline, inputs, self.var_values))
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield task.result()
+
+    def batch(self, pipeline: Pipeline, rows: Iterable[Mapping[str, Any]], concurrency: int | None = None,
+              progress: bool = False, checkpoint: str | Path | None = None,
+              resume: bool = False) -> Iterator[Any]:
+        """Each row's ``RowResult``, in input order. With ``checkpoint``, results are appended there as they
+        finish and the file is put in input order at the end; ``resume`` skips rows already in it."""
+        from dspex.runtime.batch import run_batch
+
+        yield from run_batch(self, pipeline, rows, concurrency or self.concurrency, progress, checkpoint, resume)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="dspex-runtime", daemon=True)
+                self._thread.start()
+            return self._loop
+
+    def close(self) -> None:
+        """Close LM clients, the cache and the loop; the runtime is not used afterwards."""
+        if self.cache is not None:
+            self.cache.close()
+        if self._loop is None:
+            return
+        lms = list(self._lms.values()) + ([self._override] if self._override is not None else [])
+        for lm in lms:
+            asyncio.run_coroutine_threadsafe(lm.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join()
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_lm(spec: str | LM) -> LM:
+    if not isinstance(spec, str):
+        return spec
+    from dspex.lm.spec import lm_from_spec
+
+    return lm_from_spec(spec)
+
+
+def _default_engines() -> dict[str, Engine]:
+    from dspex.engines.dspy_engine import DspyEngine
+    from dspex.engines.native import NativeEngine
+
+    return {"native": NativeEngine(), "dspy": DspyEngine()}
+
+
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The runtime a decorated pipeline runs on when called directly (configured from env and files)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Runtime()
+        return _default
