@@ -28,7 +28,7 @@ Imported = tuple[str, Any]
 
 PROVIDERS: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {
     # provider: (required args, allowed args or None for "anything dspy.LM takes")
-    "local": ((), frozenset({"model", "path", "n_ctx", "threads", "temperature", "max_tokens", "seed", "n_gpu_layers"})),
+    "local": ((), frozenset({"model", "path", "n_ctx", "threads", "seed"})),
     "openai": (("model",), frozenset({"model", "base_url", "api_key_env", "max_tokens", "temperature", "timeout",
                                       "max_connections", "response_format"})),
     "instructor": (("model",), frozenset({"model", "base_url", "api_key_env", "max_tokens", "temperature", "timeout",

@@ -9,6 +9,7 @@ valid JSON of that shape (at worst cut short by ``max_tokens``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import threading
@@ -66,8 +67,20 @@ def _load(path: Path, n_ctx: int, threads: int | None) -> _Model:
                 llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
                 raise LMError(f"cannot load the model {path}: {e}") from e
+            if not _models:
+                atexit.register(_close_all)
             model = _models[key] = _Model(llama, threading.Lock())
         return model
+
+
+def _close_all() -> None:
+    """Free the models while the interpreter still works: llama-cpp's own ``__del__`` at shutdown finds
+    its C bindings already gone and prints a traceback."""
+    with _models_lock:
+        for model in _models.values():
+            with model.lock:
+                model.llama.close()
+        _models.clear()
 
 
 class LocalLM(LM):

@@ -104,7 +104,8 @@ class OpenAILM(LM):
 
     def _rejected_format(self, response: httpx.Response, body: Mapping[str, Any], fmt: str) -> bool:
         """Did the server refuse ``fmt``? If so, step down (once, however many calls saw it) and say so."""
-        if "response_format" not in body or response.status_code not in (400, 422) \
+        # 400 (OpenAI), 422, and 500 from llama-cpp-python's server, whose request validation fails late
+        if "response_format" not in body or response.status_code not in (400, 422, 500) \
                 or "response_format" not in response.text:
             return False
         if self.response_format == fmt:
