@@ -349,12 +349,17 @@ def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readab
         _fail(str(exc), 2)
     sys.path.insert(0, str(file.resolve().parent))  # tools named `module:function` live beside the program
     failed = 0
-    with _reporting(), Runtime(lm=lm, workers=workers) as rt:
-        for result in rt.batch(program.pipelines[pipeline], rows, concurrency=concurrency,
-                               progress=sys.stderr.isatty(), checkpoint=output, resume=resume):
-            failed += not result.ok
-            if output is None:
-                typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+    results_out, sys.stdout = sys.stdout, sys.stderr  # stray prints of libraries must not mix into the JSONL
+    try:
+        with _reporting(), Runtime(lm=lm, workers=workers) as rt:
+            for result in rt.batch(program.pipelines[pipeline], rows, concurrency=concurrency,
+                                   progress=sys.stderr.isatty(), checkpoint=output, resume=resume):
+                failed += not result.ok
+                if output is None:
+                    results_out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+                    results_out.flush()
+    finally:
+        sys.stdout = results_out
     if output is not None:
         typer.echo(f"wrote {len(rows)} rows to {output} ({failed} failed)", err=True)
     raise typer.Exit(1 if failed else 0)

@@ -92,3 +92,38 @@ def test_missing_input_is_a_row_error(home: Path) -> None:
     with runtime(FakeEngine("native", shout)) as rt:
         [result] = list(rt.batch(pipe, [{"txt": "a"}]))
     assert result.error is not None and result.error["type"] == "InputError"
+
+
+def test_stream_call_and_decorated_pipeline(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from dspex.runtime.executor import NodeEvent
+    from tests.servers.openai_stub import OpenAIStub
+
+    pipe = dspex.compile_source(SOURCE).pipelines["loud"]
+    engine = FakeEngine("native", shout)
+    with runtime(engine) as rt:
+        async def collect() -> list[Any]:
+            return [item async for item in rt.stream(pipe, text="hey")]
+
+        items = asyncio.run_coroutine_threadsafe(collect(), rt.loop).result()
+        assert [e.kind for e in items[:-1] if isinstance(e, NodeEvent)] == ["start", "end"]
+        assert items[-1] == {"shout": "HEY"}
+        assert rt.call(pipe.signatures["Echo"], text="yo") == {"shout": "YO"}
+
+    Echo = dspex.signature("text -> shout", name="Echo")
+
+    @dspex.pipeline
+    def loud(text: str) -> dict:
+        return {"shout": dspex.predict(Echo, text=text).shout}
+
+    with OpenAIStub(answer=lambda body: '{"shout": "HI"}') as stub:
+        monkeypatch.setenv("DSPEX_LM", f"openai:stub@{stub.base_url}")
+        monkeypatch.setattr("dspex.runtime.runtime._default", None)
+        try:
+            assert loud(text="hi") == {"shout": "HI"}
+        finally:
+            from dspex.runtime import runtime as runtime_module
+
+            assert runtime_module._default is not None
+            runtime_module._default.close()
