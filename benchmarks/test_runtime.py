@@ -53,7 +53,7 @@ import pytest  # noqa: E402
 import dspex  # noqa: E402
 from dspex.errors import StepError  # noqa: E402
 from dspex.ir.program import Pipeline, Program, Signature  # noqa: E402
-from dspex.lm.base import LM, LMRequest, LMResponse  # noqa: E402
+from dspex.lm.base import LM, LMRequest, LMResponse, Message  # noqa: E402
 from dspex.runtime.config import Config  # noqa: E402
 
 __all__ = ["ROOT", "JSON_ANSWER", "CHAT_ANSWER", "InstantLM", "instant_dspy_lm", "StubProcess", "raw_http_calls",
@@ -394,11 +394,12 @@ def test_dspex_http_predict_in_loop(benchmark: Any, sig: Signature, config: Conf
     from dspex.lm.openai import OpenAILM
 
     calls = 20
-    with dspex.Runtime(lm=OpenAILM("x", base_url=fast_stub.base_url), cache=False, config=config) as rt:
+    lm = OpenAILM("x", base_url=fast_stub.base_url)
+    with dspex.Runtime(lm=lm, cache=False, config=config) as rt:
         benchmark.extra_info.update(side="dspex", items=calls, unit="call", target=0.5,
                                     variant="await Runtime.acall in the caller's loop, OpenAILM (httpx)")
         out = _micro(benchmark, _in_loop(loop, calls, lambda: rt.acall(sig, review=REVIEW)), iterations=1)
-        loop.run_until_complete(rt._override.aclose())  # type: ignore[union-attr]  # its client lives on `loop`
+        loop.run_until_complete(lm.aclose())  # its client lives on `loop`, which the runtime does not own
     assert out == EXPECTED
 
 
@@ -558,7 +559,7 @@ def smollm2() -> LM:
     from dspex.lm.local import LocalLM
 
     lm = LocalLM()
-    lm.complete(LMRequest((dspex.lm.base.Message("user", "Say hi."),), max_tokens=4))  # load the weights, untimed
+    lm.complete(LMRequest((Message("user", "Say hi."),), max_tokens=4))  # load the weights, untimed
     return lm
 
 

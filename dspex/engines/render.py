@@ -67,16 +67,7 @@ def _field_line(f: Field) -> str:
 
 
 def _type_text(t: Type) -> str:
-    """``render`` with records spelled out, since the LM has never seen their declarations."""
-    if isinstance(t, Record):
-        return "{" + ", ".join(f"{f.name}: {_type_text(f.type)}" for f in t.fields) + "}"
-    if isinstance(t, ListOf):
-        return f"list[{_type_text(t.item)}]"
-    if isinstance(t, DictOf):
-        return f"dict[{_type_text(t.key)}, {_type_text(t.value)}]"
-    if isinstance(t, OptionalOf):
-        return f"{_type_text(t.inner)}?"
-    return render(t)
+    return render(t, expand_records=True)
 
 
 def render_user(signature: Signature, inputs: Mapping[str, Any]) -> str:

@@ -140,20 +140,24 @@ def element_type(t: Type) -> Type | None:
     return None
 
 
-def render(t: Type) -> str:
-    """The ``.dspex`` spelling of a type (records by name)."""
+def render(t: Type, expand_records: bool = False) -> str:
+    """The ``.dspex`` spelling of a type: records by name, or spelled out field by field (for an LM,
+    which has never seen their declarations)."""
+    def r(x: Type) -> str:
+        return render(x, expand_records)
+
     if isinstance(t, Prim):
         return t.name
     if isinstance(t, ListOf):
-        return f"list[{render(t.item)}]"
+        return f"list[{r(t.item)}]"
     if isinstance(t, DictOf):
-        return f"dict[{render(t.key)}, {render(t.value)}]"
+        return f"dict[{r(t.key)}, {r(t.value)}]"
     if isinstance(t, OptionalOf):
-        return f"{render(t.inner)}?"
+        return f"{r(t.inner)}?"
     if isinstance(t, EnumOf):
         return "enum(" + ", ".join(_quote(v) for v in t.values) + ")"
     if isinstance(t, Record):
-        return t.name
+        return "{" + ", ".join(f"{f.name}: {r(f.type)}" for f in t.fields) + "}" if expand_records else t.name
     if isinstance(t, NoneType):
         return "none"
     return "any"
