@@ -59,8 +59,9 @@ def _line(bench: Any) -> list[str]:
     info = bench["extra_info"]
     items, unit = info.get("items") or 1, info.get("unit", "item")
     variant = f"  [{info['variant']}]" if info.get("variant") else ""
-    lines = [f"  {bench['name']:<34} min {_seconds(bench['min'])}, median {_seconds(bench['median'])}"
-             f"  = {_seconds(bench['min'] / items)} per {unit} (min, {items} {unit}s){variant}"]
+    per = f"{_seconds(bench['min'] / items)} per {unit} (min, {items} {unit}{'s' if items != 1 else ''})"
+    times = f"min {_seconds(bench['min'])}, median {_seconds(bench['median'])}"
+    lines = [f"  {bench['name']:<36} {times}  = {per}{variant}"]
     lines += [f"      {text}" for text in info.get("summary") or ()]
     return lines
 
@@ -88,8 +89,8 @@ def summarize(benchmarks: list[Any]) -> list[str]:
     lines: list[str] = []
     for group, sides in sorted(groups.items()):
         ours, theirs, floors = sides.get("dspex", []), sides.get("competitor", []), sides.get("baseline", [])
-        names = [theirs[0]["extra_info"].get("competitor", theirs[0]["name"])] if theirs else ["no competitor"]
-        lines.append(f"[{group}] {', '.join(b['name'] for b in ours) or 'no dspex benchmark'} vs {names[0]}")
+        rival = ", ".join(b["extra_info"].get("competitor", b["name"]) for b in theirs) or "no competitor"
+        lines.append(f"[{group}] {', '.join(b['name'] for b in ours) or 'no dspex benchmark'} vs {rival}")
         for bench in ours + theirs + floors:
             lines.extend(_line(bench))
         for mine in ours:

@@ -44,21 +44,21 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # dspy and litellm: no fetch of the model map
 
-import pytest  # noqa: E402
+import pytest
 
-import dspex  # noqa: E402
-from dspex.errors import StepError  # noqa: E402
-from dspex.ir.program import Pipeline, Program, Signature  # noqa: E402
-from dspex.lm.base import LM, LMRequest, LMResponse, Message  # noqa: E402
-from dspex.runtime.config import Config  # noqa: E402
+import dspex
+from dspex.errors import StepError
+from dspex.ir.program import Pipeline, Program, Signature
+from dspex.lm.base import LM, LMRequest, LMResponse, Message
+from dspex.runtime.config import Config
 
-__all__ = ["ROOT", "JSON_ANSWER", "CHAT_ANSWER", "InstantLM", "instant_dspy_lm", "StubProcess", "raw_http_calls",
-           "RowOutcome", "classify_rows", "describe_rows", "ROUNDS", "THROUGHPUT_CALLS", "CONCURRENCY",
-           "SLOW_LATENCY_S", "IDEAL_CALLS_PER_S"]
+__all__ = ["CHAT_ANSWER", "CONCURRENCY", "EXAMPLES", "EXPECTED", "IDEAL_CALLS_PER_S", "JSON_ANSWER", "REVIEW", "ROOT",
+           "ROUNDS", "SLOW_LATENCY_S", "THROUGHPUT_CALLS", "InstantLM", "RowOutcome", "StubProcess", "classify_rows",
+           "describe_rows", "instant_dspy_lm", "raw_http_calls"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -73,6 +73,7 @@ SMOLLM2_DSPY_ROWS = None if _ROWS == "all" else int(_ROWS)
 JSON_ANSWER = '{"label": "positive", "confidence": 0.9}'
 CHAT_ANSWER = "[[ ## label ## ]]\npositive\n\n[[ ## confidence ## ]]\n0.9\n\n[[ ## completed ## ]]"
 EXPECTED = {"label": "positive", "confidence": 0.9}
+REVIEW = "Battery lasts two days, love it."
 
 
 # -- the LMs that answer at once ---------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class StubProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> StubProcess:
+    def __enter__(self) -> Self:
         self._proc = subprocess.Popen([sys.executable, "-c", _STUB_MAIN, str(self.latency), JSON_ANSWER, CHAT_ANSWER],
                                       cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
@@ -219,7 +220,7 @@ async def raw_http_calls(port: int, body: dict[str, Any], calls: int, connection
     return ok
 
 
-def _same_size_body(rt: dspex.Runtime, sig: Signature) -> dict[str, Any]:
+def _same_size_body(sig: Signature) -> dict[str, Any]:
     """A chat body as large as the one our engine sends for the benchmark's review (for the baselines)."""
     from dspex.engines.render import render_system, render_user
 
@@ -228,8 +229,6 @@ def _same_size_body(rt: dspex.Runtime, sig: Signature) -> dict[str, Any]:
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------------
-
-REVIEW = "Battery lasts two days, love it."
 
 
 @pytest.fixture(scope="module")
@@ -417,9 +416,8 @@ def test_dspy_http_predict(benchmark: Any, sig: Signature, fast_stub: StubProces
 
 
 @pytest.mark.benchmark(group="http-predict")
-def test_http_round_trip_baseline(benchmark: Any, sig: Signature, config: Config, fast_stub: StubProcess) -> None:
-    with dspex.Runtime(lm=InstantLM(), cache=False, config=config) as rt:
-        body = json.dumps(_same_size_body(rt, sig)).encode()
+def test_http_round_trip_baseline(benchmark: Any, sig: Signature, fast_stub: StubProcess) -> None:
+    body = json.dumps(_same_size_body(sig)).encode()
     conn = http.client.HTTPConnection("127.0.0.1", fast_stub.port)
     headers = {"Content-Type": "application/json"}
 
@@ -490,9 +488,8 @@ def test_dspy_throughput(benchmark: Any, sig: Signature, slow_stub: StubProcess)
 
 
 @pytest.mark.benchmark(group="throughput")
-def test_stub_throughput_baseline(benchmark: Any, sig: Signature, config: Config, slow_stub: StubProcess) -> None:
-    with dspex.Runtime(lm=InstantLM(), cache=False, config=config) as rt:
-        body = _same_size_body(rt, sig)
+def test_stub_throughput_baseline(benchmark: Any, sig: Signature, slow_stub: StubProcess) -> None:
+    body = _same_size_body(sig)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(raw_http_calls(slow_stub.port, body, CONCURRENCY, CONCURRENCY))
