@@ -18,6 +18,9 @@ from dspex.errors import DSPexError, StepError
 from dspex.ir.graph import Node
 from dspex.ir.program import Field, Pipeline
 from dspex.lm.base import LM
+from dspex.lang.diagnostics import did_you_mean
+from dspex.native.validate_py import compile_validator
+from dspex.runtime.cache import cache_key
 from dspex.runtime.evaluate import evaluate, project
 from dspex.runtime.tools import load_tool
 
@@ -69,36 +72,66 @@ class Executor:
         values = bind_inputs(pipeline, inputs)
         variables = {name: v.default for name, v in pipeline.vars.items()}
         variables.update(var_values or {})
-        tasks: dict[str, asyncio.Task[Any]] = {}
-        for node in pipeline.graph:
-            if node.kind == "input":
-                continue
-            tasks[node.id] = asyncio.ensure_future(self._node(pipeline, node, values, tasks, variables))
+        waiting = {n.id: {d for d in n.deps if d not in values} for n in pipeline.graph if n.kind != "input"}
+        readers: dict[str, list[str]] = {}
+        for node_id, deps in waiting.items():
+            for dep in deps:
+                readers.setdefault(dep, []).append(node_id)
+        ready = [node_id for node_id, deps in waiting.items() if not deps]
+        running: dict[asyncio.Future[Any], str] = {}
+
+        def finished(node_id: str) -> None:
+            for reader in readers.get(node_id, ()):
+                deps = waiting[reader]
+                deps.discard(node_id)
+                if not deps:
+                    ready.append(reader)
+
         try:
-            await asyncio.gather(*tasks.values())
+            while True:
+                steps: list[Node] = []
+                while ready:  # cheap nodes at once, in this task; steps are collected to run
+                    node = pipeline.graph.node(ready.pop())
+                    if node.kind in ("step", "map") and not _skipped(node, values):
+                        steps.append(node)
+                    else:
+                        self._evaluate(node, values, variables)
+                        finished(node.id)
+                if len(steps) == 1 and not running:  # a lone step: no task needed
+                    await self._run_step(pipeline, steps[0], values, variables)
+                    finished(steps[0].id)
+                    continue
+                for node in steps:
+                    running[asyncio.ensure_future(self._run_step(pipeline, node, values, variables))] = node.id
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    finished(running.pop(future))
         except BaseException:
-            for t in tasks.values():
-                t.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for future in running:
+                future.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             raise
         return {n.id.removeprefix("out:"): values[n.id] for n in pipeline.graph.outputs}
 
-    async def _node(self, pipeline: Pipeline, node: Node, values: dict[str, Any],
-                    tasks: dict[str, asyncio.Task[Any]], variables: Mapping[str, Any]) -> None:
-        for dep in node.deps:
-            if dep in tasks:
-                await tasks[dep]
-        if any(values.get(g) is SKIPPED or bool(values.get(g)) != side for g, side in node.guard):
+    @staticmethod
+    def _evaluate(node: Node, values: dict[str, Any], variables: Mapping[str, Any]) -> None:
+        """A node that computes no step: an expression, projection, output, branch or merge (or a skipped step)."""
+        if _skipped(node, values):
             values[node.id] = SKIPPED
-            return
-        if node.kind in ("expr", "project", "output"):
-            values[node.id] = evaluate(node.args[0][1], values, variables)
         elif node.kind == "branch":
             values[node.id] = bool(evaluate(node.args[0][1], values, variables))
         elif node.kind == "merge":
             side = "then" if values[node.branch or ""] else "else"
             values[node.id] = evaluate(dict(node.args)[side], values, variables)
-        elif node.kind == "step":
+        else:
+            values[node.id] = evaluate(node.args[0][1], values, variables)
+
+    async def _run_step(self, pipeline: Pipeline, node: Node, values: dict[str, Any],
+                        variables: Mapping[str, Any]) -> None:
+        if node.kind == "step":
             values[node.id] = await self._step(pipeline, node, values, variables, None)
         else:
             values[node.id] = await self._map(pipeline, node, values, variables)
@@ -159,8 +192,6 @@ class Executor:
             return result.outputs
 
         if use_cache:
-            from dspex.runtime.cache import cache_key
-
             key = cache_key(node.fingerprint, args, lm.identity, {**options, "engine": engine.name}, step_vars)
             outputs, hit = await self.cache.get_or_compute(key, compute)
         else:
@@ -178,8 +209,6 @@ class Executor:
         tool = pipeline.tools[node.target or ""]
         fn = load_tool(tool)
         value = await asyncio.to_thread(fn, **args)
-        from dspex.native.validate_py import compile_validator
-
         return compile_validator((Field("return", tool.returns),)).validate({"return": value})["return"]
 
     def _engine(self, module: str, asked: str) -> Engine:
@@ -195,10 +224,13 @@ class Executor:
             self.on_event(event)
 
 
+def _skipped(node: Node, values: Mapping[str, Any]) -> bool:
+    """Is ``node`` on a side of an ``if`` that was not taken?"""
+    return any(values.get(g) is SKIPPED or bool(values.get(g)) != side for g, side in node.guard)
+
+
 def bind_inputs(pipeline: Pipeline, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The input nodes' values: given ones, then defaults; a missing or unknown input is an ``InputError``."""
-    from dspex.lang.diagnostics import did_you_mean
-
     known = {f.name: f for f in pipeline.inputs}
     for name in inputs:
         if name not in known:

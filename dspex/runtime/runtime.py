@@ -44,8 +44,10 @@ class Runtime:
             self.cache = StepCache.from_config(self.config)
         self.engines = dict(engines) if engines is not None else _default_engines()
         self.events: collections.deque[NodeEvent] = collections.deque(maxlen=10_000)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # batches and callers inside a running loop
         self._thread: threading.Thread | None = None
+        self._local = threading.local()  # each calling thread's own loop for synchronous calls
+        self._thread_loops: list[asyncio.AbstractEventLoop] = []
         self._lock = threading.Lock()
 
     # -- lms --------------------------------------------------------------------------------------
@@ -127,6 +129,17 @@ class Runtime:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` for a synchronous caller: on this thread's own loop (no thread hop: this is the
+        hot path of ``run`` and ``call``), or on the runtime's loop when this thread is already running one."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop = getattr(self._local, "loop", None)
+            if loop is None:
+                loop = self._local.loop = asyncio.new_event_loop()
+                with self._lock:
+                    self._thread_loops.append(loop)
+            return loop.run_until_complete(coro)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     @property
@@ -139,12 +152,19 @@ class Runtime:
             return self._loop
 
     def close(self) -> None:
-        """Close LM clients, the cache and the loop; the runtime is not used afterwards."""
+        """Close LM clients, the cache and the loops; the runtime is not used afterwards."""
         if self.cache is not None:
             self.cache.close()
+        lms = list(self._lms.values()) + ([self._override] if self._override is not None else [])
+        for loop in self._thread_loops:
+            for lm in lms:
+                loop.run_until_complete(lm.aclose())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+        self._thread_loops.clear()
+        self._local = threading.local()
         if self._loop is None:
             return
-        lms = list(self._lms.values()) + ([self._override] if self._override is not None else [])
         for lm in lms:
             asyncio.run_coroutine_threadsafe(lm.aclose(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
