@@ -382,7 +382,7 @@ def test_dspex_http_predict(benchmark: Any, sig: Signature, config: Config, fast
 
     with dspex.Runtime(lm=OpenAILM("x", base_url=fast_stub.base_url), cache=False, config=config) as rt:
         benchmark.extra_info.update(side="dspex", items=1, unit="call", target=0.5,
-                                    variant="sync Runtime.call, OpenAILM (httpx)")
+                                    variant="sync Runtime.call, OpenAILM (aiohttp)")
         out = _micro(benchmark, lambda: rt.call(sig, review=REVIEW), iterations=10)
     assert out == EXPECTED
 
@@ -396,7 +396,7 @@ def test_dspex_http_predict_in_loop(benchmark: Any, sig: Signature, config: Conf
     lm = OpenAILM("x", base_url=fast_stub.base_url)
     with dspex.Runtime(lm=lm, cache=False, config=config) as rt:
         benchmark.extra_info.update(side="dspex", items=calls, unit="call", target=0.5,
-                                    variant="await Runtime.acall in the caller's loop, OpenAILM (httpx)")
+                                    variant="await Runtime.acall in the caller's loop, OpenAILM (aiohttp)")
         out = _micro(benchmark, _in_loop(loop, calls, lambda: rt.acall(sig, review=REVIEW)), iterations=1)
         loop.run_until_complete(lm.aclose())  # its client lives on `loop`, which the runtime does not own
     assert out == EXPECTED
@@ -465,7 +465,7 @@ def test_dspex_throughput(benchmark: Any, pipe: Pipeline, config: Config, slow_s
         seconds = time.perf_counter() - started
     assert len(results) == THROUGHPUT_CALLS and all(r.ok and r.outputs == EXPECTED for r in results)
     _throughput_info(benchmark, THROUGHPUT_CALLS, seconds, side="dspex", target=round(1 / 1.5, 3),
-                     variant=f"Runtime.batch, concurrency {CONCURRENCY}, OpenAILM (httpx), cache off")
+                     variant=f"Runtime.batch, concurrency {CONCURRENCY}, OpenAILM (aiohttp), cache off")
 
 
 @pytest.mark.benchmark(group="throughput")

@@ -88,7 +88,11 @@ class Compilation:
 
     def _compile_import(self, imp: ast.Import) -> "Compilation | None":
         base = Path(self.filename).parent if self.filename != "<string>" else Path.cwd()
-        path = (base / str(imp.path.value)).resolve()
+        try:
+            path = (base / str(imp.path.value)).resolve()
+        except (OSError, ValueError) as exc:  # an embedded NUL, a path too long for the OS
+            self.rep.error("E105", imp.path.span, f"cannot read import '{imp.path.value}': {exc}")
+            return None
         key = str(path)
         chain = self.importing + (str(Path(self.filename).resolve()),)
         if key in chain:

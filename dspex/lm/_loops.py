@@ -1,13 +1,14 @@
 """Event-loop plumbing shared by the HTTP adapters.
 
-A pooled async HTTP client belongs to the event loop that opened its connections, so an adapter keeps one
-client per running loop (``PerLoop``). Synchronous callers get a private loop in a daemon thread
-(``LoopThread``) instead of ``asyncio.run`` per call, which would open a new pool, and new connections,
-every time and leave the old pool's sockets to the garbage collector.
+A pooled async HTTP client belongs to the event loop it was made on, so an adapter keeps one client per
+running loop (``PerLoop``). Synchronous callers get a private loop in a daemon thread (``LoopThread``)
+instead of ``asyncio.run`` per call, which would open a new pool, and new connections, every time and leave
+the old pool's sockets to the garbage collector.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from typing import Any, Awaitable, Callable, Coroutine, Generic, TypeVar
 
@@ -41,10 +42,13 @@ class PerLoop(Generic[T]):
 
 
 class LoopThread:
-    """A private event loop in a daemon thread, started on first use, for synchronous calls."""
+    """A private event loop in a daemon thread, started on first use, for synchronous calls. ``cleanup()``
+    closes what lives on it, run by ``close``, or at exit if nobody closed it: a client collected unclosed
+    there would complain (aiohttp logs "Unclosed client session")."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, cleanup: Callable[[], Awaitable[Any]]):
         self._name = name
+        self._cleanup = cleanup
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -55,19 +59,21 @@ class LoopThread:
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=self._loop.run_forever, name=self._name, daemon=True)
                 self._thread.start()
+                atexit.register(self.close)
             loop = self._loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    def close(self, cleanup: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``cleanup()`` on the loop (to close what lives there), then stop the thread."""
+    def close(self) -> None:
+        """Run ``cleanup()`` on the loop, then stop the thread."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
+        atexit.unregister(self.close)
 
         async def finish() -> None:
-            await cleanup()
+            await self._cleanup()
 
         asyncio.run_coroutine_threadsafe(finish(), loop).result()
         loop.call_soon_threadsafe(loop.stop)

@@ -8,6 +8,7 @@ the embedded SmolLM2), its engine (``native`` where it exists, else ``dspy``) an
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import threading
 from pathlib import Path
@@ -205,4 +206,5 @@ def default_runtime() -> Runtime:
     with _default_lock:
         if _default is None:
             _default = Runtime()
+            atexit.register(_default.close)  # nobody else will: its clients and cache must shut down cleanly
         return _default

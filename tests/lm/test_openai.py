@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -113,6 +116,18 @@ def test_streaming_yields_tokens_from_server_sent_events(stub: OpenAIStub, lm: O
 
     assert asyncio.run(run()) == ["a ", "b  ", "c"]
     assert stub.requests[0].body["stream"] is True
+
+
+def test_a_stream_event_longer_than_aiohttps_line_limit_arrives_whole(stub: OpenAIStub, lm: OpenAILM) -> None:
+    word = "x" * 300_000  # one event of ~300 KB: StreamReader.readline refuses lines over 128 KiB
+
+    async def run() -> list[str]:
+        try:
+            return [token async for token in lm.astream(ask(f"a {word}"))]
+        finally:
+            await lm.aclose()
+
+    assert asyncio.run(run()) == ["a ", word]
 
 
 def test_streaming_steps_down_a_rejected_format_too() -> None:
@@ -240,6 +255,38 @@ def test_openai_itself_reads_OPENAI_API_KEY_by_default() -> None:
     assert OpenAILM("gpt-4o-mini").api_key_env == "OPENAI_API_KEY"
     assert OpenAILM("m", "http://127.0.0.1:8080/v1/").api_key_env is None
     assert OpenAILM("m", "http://127.0.0.1:8080/v1/").identity == "openai:m@http://127.0.0.1:8080/v1"
+
+
+@pytest.mark.parametrize("bypassed", [False, True], ids=["proxied", "no_proxy"])
+def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(stub: OpenAIStub, bypassed: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{stub.port}")  # the stub answers as the proxy
+    if bypassed:
+        monkeypatch.setenv("NO_PROXY", "unreachable.invalid")
+    lm = OpenAILM("m", "http://unreachable.invalid/v1", timeout=5)
+    try:
+        if bypassed:
+            with pytest.raises(LMError, match="unreachable.invalid"):
+                lm.complete(ask("direct"))
+        else:
+            assert lm.complete(ask("via proxy")).text == "via proxy"
+    finally:
+        lm.close()
+    assert [r.path for r in stub.requests] == ([] if bypassed else ["http://unreachable.invalid/v1/chat/completions"])
+
+
+def test_an_unclosed_sync_path_is_closed_at_exit_not_complained_about() -> None:
+    """aiohttp complains of a session collected unclosed; the private loop's is kept, and closed, until exit."""
+    script = ("import gc; from dspex.lm.base import LMRequest, Message; from dspex.lm.openai import OpenAILM; "
+              "from tests.servers.openai_stub import OpenAIStub; stub = OpenAIStub(); stub.start(); "
+              "lm = OpenAILM('m', stub.base_url); print(lm.complete(LMRequest((Message('user', 'hi'),))).text); "
+              "del lm; gc.collect()")
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "hi", "")
 
 
 def test_sync_calls_reuse_one_kept_alive_connection(stub: OpenAIStub, lm: OpenAILM) -> None:
