@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
 
 import pytest
 
-from dspex.lm.base import LMError, LMRequest, Message
+from dspex.lm.base import LMError
 from dspex.lm.dspy_lm import DspyLM
+from tests.lm.chat import ask
 from tests.servers.openai_stub import Fault, OpenAIStub
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
@@ -16,16 +16,6 @@ SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "requir
 @pytest.fixture(autouse=True)
 def offline_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # should litellm load, no download
-
-
-def ask(text: str = "hello there", **options: object) -> LMRequest:
-    return LMRequest((Message("system", "be brief"), Message("user", text)), **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
 
 
 def make(stub: OpenAIStub, **kwargs: object) -> DspyLM:

@@ -12,22 +12,13 @@ from typing import Iterator
 
 import pytest
 
-from dspex.lm.base import LMError, LMRequest, Message
+from dspex.lm.base import LMError
 from dspex.lm.openai import OpenAILM, parse_retry_after
+from tests.lm.chat import ask
 from tests.servers.openai_stub import Fault, OpenAIStub
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 KEY = "sk-test-0123456789abcdefghij"
-
-
-def ask(text: str = "hello there", **options: object) -> LMRequest:
-    return LMRequest((Message("system", "be brief"), Message("user", text)), **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def stub() -> Iterator[OpenAIStub]:
-    with OpenAIStub() as s:
-        yield s
 
 
 @pytest.fixture
