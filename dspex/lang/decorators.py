@@ -589,11 +589,17 @@ def _duration(v: Any) -> ir.Duration | None:
     return None
 
 
-def _caller_span() -> Span:
-    """Where in the user's Python the current step was written (for diagnostics)."""
+def _user_frame() -> Any:
+    """The innermost frame outside DSPex: the user's line that is being traced."""
     frame = inspect.currentframe()
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
+    return frame
+
+
+def _caller_span() -> Span:
+    """Where in the user's Python the current step was written (for diagnostics)."""
+    frame = _user_frame()
     if frame is None:
         return Span(1, 1, 1, 2)
     text = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
@@ -602,9 +608,7 @@ def _caller_span() -> Span:
 
 
 def _reporter() -> Reporter:
-    frame = inspect.currentframe()
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back
+    frame = _user_frame()
     filename = frame.f_code.co_filename if frame is not None else "<python>"
     return Reporter(filename, "".join(linecache.getlines(filename)))
 

@@ -24,7 +24,7 @@ from dspex.runtime.cache import cache_key
 from dspex.runtime.evaluate import evaluate, project
 from dspex.runtime.tools import load_tool
 
-__all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError"]
+__all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError", "choose_engine"]
 
 SKIPPED: Any = type("Skipped", (), {"__repr__": lambda self: "SKIPPED"})()
 _DROP: Any = object()  # a map element whose step failed with on_error = "skip"
@@ -177,7 +177,7 @@ class Executor:
             return await self._call(pipeline, node, args, variables)
         signature = pipeline.signatures[node.target or ""]
         lm = self.resolve_lm(pipeline, options.pop("lm", None))
-        engine = self._engine(node.module or "", str(options.pop("engine", "auto")))
+        engine = choose_engine(self.engines, node.module or "", str(options.pop("engine", "auto")))
         use_cache = bool(options.pop("cache", True)) and self.cache is not None
         options.pop("stream", None)
         tools = {name: load_tool(pipeline.tools[name]) for name in options.pop("tools", None) or pipeline.tools}
@@ -211,17 +211,19 @@ class Executor:
         value = await asyncio.to_thread(fn, **args)
         return compile_validator((Field("return", tool.returns),)).validate({"return": value})["return"]
 
-    def _engine(self, module: str, asked: str) -> Engine:
-        if asked != "auto":
-            return self.engines[asked]
-        native = self.engines.get("native")
-        if native is not None and native.supports(module):
-            return native
-        return self.engines["dspy"]
-
     def _emit(self, event: NodeEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+def choose_engine(engines: Mapping[str, Engine], module: str, asked: str = "auto") -> Engine:
+    """The engine a step asked for; for ``auto``, native where it runs the module, else dspy."""
+    if asked != "auto":
+        return engines[asked]
+    native = engines.get("native")
+    if native is not None and native.supports(module):
+        return native
+    return engines["dspy"]
 
 
 def _skipped(node: Node, values: Mapping[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, T
 from dspex.engines.base import Engine, StepCall
 from dspex.ir.program import LMDecl, Pipeline, Signature
 from dspex.lm.base import LM
-from dspex.runtime.executor import Executor, NodeEvent
+from dspex.runtime.executor import Executor, NodeEvent, choose_engine
 
 __all__ = ["Runtime", "default_runtime", "DEFAULT_LM"]
 
@@ -97,8 +97,7 @@ class Runtime:
         from dspex.ir.modules import canonical_module
 
         module = canonical_module(module)
-        native = self.engines.get("native")
-        engine = native if native is not None and native.supports(module) else self.engines["dspy"]
+        engine = choose_engine(self.engines, module)
         result = await engine.run(StepCall(signature, module, inputs, {}, dict(self.var_values)),
                                   self.lm_for(None, None))
         return result.outputs
