@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from dspex.lang.diagnostics import Diagnostic
 
-__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError", "StepError", "ToolLoadError"]
+__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError", "StepError", "ToolLoadError", "FrameError"]
 
 
 class DSPexError(Exception):
@@ -59,6 +59,16 @@ class ToolLoadError(DSPexError):
     """A tool's ``python("module:function")`` could not be imported, or is not callable."""
 
     code = "TOOL_LOAD"
+
+
+class FrameError(DSPexError):
+    """A wire frame cannot be read: ``reason`` is short, oversized, corrupt or foreign (see ``dspex.native``)."""
+
+    code = "FRAME"
+
+    def __init__(self, message: str, reason: str):
+        self.reason = reason
+        super().__init__(message)
 
 
 def _short(value: object, limit: int = 60) -> str:

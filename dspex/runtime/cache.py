@@ -1,6 +1,6 @@
 """The step cache: an in-memory LRU in front of a SQLite file, keyed by what determines a step's answer.
 
-The key (``cache_key``) hashes a canonical msgpack encoding of the node's structural fingerprint, its inputs,
+The key (``cache_key``, from ``dspex.native``) hashes a canonical msgpack encoding of the node's fingerprint, its inputs,
 the lm's identity (the caller passes a name and endpoint, never a key), its options and the var values it
 reads; so equal calls share an entry whatever the dict order, and ``1``, ``1.0``, ``"1"`` and ``True`` do not.
 Values are msgpack (never pickle: a cache file must not be able to run code). Identical calls in flight at
@@ -10,14 +10,13 @@ busy one is skipped, an unusable one leaves the cache in memory only; each is lo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgpack
 
+from dspex.native import KEY_VERSION, cache_key, key_material
 from dspex.runtime.config import Config, ensure_home
 
 __all__ = ["StepCache", "CacheStats", "MISSING", "cache_key", "key_material", "CACHE_FILE", "KEY_VERSION"]
@@ -33,15 +33,11 @@ __all__ = ["StepCache", "CacheStats", "MISSING", "cache_key", "key_material", "C
 log = logging.getLogger("dspex.cache")
 
 CACHE_FILE = "cache.sqlite"
-KEY_VERSION = 1  # bump when the key encoding changes, so old entries are never read with a new meaning
 _READ_BUSY_S = 0.05  # reads run on the event loop: when another process holds the file, a miss beats a stall
 _WRITE_BUSY_S = 5.0  # the writer thread can afford to wait its turn
 _LINGER_S = 0.5  # the writer thread waits this long for more work before it exits
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _DAMAGED = (1, 11, 26)  # SQLITE_ERROR (not our schema), SQLITE_CORRUPT, SQLITE_NOTADB
-_BIGINT = 1  # msgpack ext type for ints beyond 64 bits, as decimal text
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-_BASES: tuple[type, ...] = (bool, int, float, str, bytes)
 
 T = TypeVar("T")
 
@@ -52,48 +48,6 @@ class _Missing(Enum):
 
 MISSING: Final = _Missing.MISSING
 """What ``StepCache.get`` returns for an absent key (``None`` is a valid cached value)."""
-
-
-def _canon(value: Any) -> Any:
-    """``value`` as plain msgpack data with every map's keys in a canonical order."""
-    kind = type(value)
-    if kind is str or kind is float or kind is bool or value is None or kind is bytes:
-        return value
-    if kind is int:
-        return value if _INT_MIN <= value <= _INT_MAX else msgpack.ExtType(_BIGINT, str(value).encode())
-    if kind is dict or isinstance(value, Mapping):
-        if not value:
-            return {}
-        if all(type(k) is str for k in value):  # the usual case: code-point order is canonical
-            return {k: _canon(value[k]) for k in sorted(value)}
-        pairs = sorted(((_canon_key(k), v) for k, v in value.items()), key=lambda kv: msgpack.packb(kv[0]))
-        return {k: _canon(v) for k, v in pairs}
-    if kind is list or isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
-    if isinstance(value, Enum):  # a member hashes as its value, like the literal it stands for
-        return _canon(value.value)
-    for base in _BASES:  # other subclasses (numpy floats, ...) hash as their base
-        if isinstance(value, base):
-            return _canon(base(value))
-    raise TypeError(f"cache key: cannot encode a value of type {kind.__name__}")
-
-
-def _canon_key(key: Any) -> Any:
-    return tuple(_canon_key(k) for k in key) if isinstance(key, tuple) else _canon(key)
-
-
-def key_material(node_fingerprint: str, inputs: Mapping[str, Any], lm_identity: str, options: Mapping[str, Any],
-                 var_values: Mapping[str, Any]) -> bytes:
-    """The exact bytes ``cache_key`` hashes: ``[KEY_VERSION, fingerprint, inputs, lm, options, vars]``."""
-    data = [KEY_VERSION, node_fingerprint, _canon(inputs), lm_identity, _canon(options), _canon(var_values)]
-    return msgpack.packb(data, use_bin_type=True)
-
-
-def cache_key(node_fingerprint: str, inputs: Mapping[str, Any], lm_identity: str, options: Mapping[str, Any],
-              var_values: Mapping[str, Any]) -> bytes:
-    """A 32-byte key for one step call. Pass the lm's identity (model and endpoint), never its credentials."""
-    material = key_material(node_fingerprint, inputs, lm_identity, options, var_values)
-    return hashlib.blake2b(material, digest_size=32).digest()
 
 
 def _pack(value: Any) -> bytes:
