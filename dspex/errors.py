@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from dspex.lang.diagnostics import Diagnostic
 
-__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError", "StepError", "ToolLoadError", "FrameError"]
+__all__ = ["DSPexError", "CompileError", "ArtifactError", "TraceError", "StepError", "ToolLoadError", "FrameError",
+           "WorkerError", "WorkerCrashedError", "WorkerTaskError"]
 
 
 class DSPexError(Exception):
@@ -69,6 +70,33 @@ class FrameError(DSPexError):
     def __init__(self, message: str, reason: str):
         self.reason = reason
         super().__init__(message)
+
+
+class WorkerError(DSPexError):
+    """A worker pool could not serve a request (not started, closed, or no worker came up)."""
+
+    code = "WORKER"
+
+
+class WorkerCrashedError(WorkerError):
+    """A request's worker died every time it ran it. ``cause`` is how the last one ended: ``segfault``,
+    ``killed``, ``out of memory``, ``hung`` or ``error``; ``exitcode`` is the process's own."""
+
+    code = "WORKER_CRASHED"
+
+    def __init__(self, message: str, cause: str, exitcode: int | None = None):
+        self.cause, self.exitcode = cause, exitcode
+        super().__init__(message)
+
+
+class WorkerTaskError(WorkerError):
+    """A request raised inside its worker; ``type`` names the exception there."""
+
+    code = "WORKER_TASK"
+
+    def __init__(self, type_name: str, message: str):
+        self.type = type_name
+        super().__init__(f"{type_name}: {message}")
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dspex.errors import DSPexError
-from dspex.ir.program import Signature
+from dspex.ir.program import Signature, ToolDecl
 from dspex.lm.base import LM
 
 __all__ = ["StepCall", "StepResult", "Engine", "ValidationError", "DEFAULT_RETRIES"]
@@ -27,6 +27,8 @@ class StepCall:
     options: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, retries, timeout (s), n, ...
     var_values: dict[str, Any] = field(default_factory=dict)  # for {{var}} in the instructions
     tools: dict[str, Callable[..., Any]] = field(default_factory=dict)  # react's tools, by name
+    tool_decls: dict[str, ToolDecl] = field(default_factory=dict)  # the same tools' declarations (for workers)
+    session: str | None = None  # the session the step runs in, if any (its worker keeps the session's modules)
 
     @property
     def retries(self) -> int:

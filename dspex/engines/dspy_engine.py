@@ -118,7 +118,7 @@ class DspyEngine(Engine):
     def _build(self, call: StepCall, module: str, instructions: str) -> _Built:
         import dspy
 
-        from dspex.native.validate_py import compile_validator
+        from dspex.native import compile_validator
 
         sig = call.signature
         dspy_sig = sig.to_dspy()

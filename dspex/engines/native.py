@@ -16,7 +16,7 @@ from dspex.engines.parse_output import parse_output
 from dspex.engines.render import json_schema, output_fields, reask_messages, render_system, render_user
 from dspex.ir.program import Signature
 from dspex.lm.base import LM, LMRequest, LMResponse, Message
-from dspex.native.validate_py import compile_validator
+from dspex.native import compile_validator
 
 __all__ = ["NativeEngine", "NATIVE_MODULES", "DEFAULT_N", "BEST_OF_TEMPERATURE"]
 

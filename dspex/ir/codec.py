@@ -22,7 +22,8 @@ from dspex.ir.types import (AnyType, DictOf, EnumOf, ListOf, NoneType, OptionalO
                             Type)
 
 __all__ = ["CodecError", "encode_program", "decode_program", "encode_type", "decode_type", "encode_expr",
-           "decode_expr", "encode_value", "decode_value"]
+           "decode_expr", "encode_value", "decode_value", "encode_signature", "decode_signature", "encode_tool",
+           "decode_tool"]
 
 T = TypeVar("T")
 Decoder = Callable[[Any, str], T]
@@ -495,3 +496,20 @@ def decode_expr(data: Any) -> Expr:
 def decode_program(data: Any) -> Program:
     """The program ``encode_program`` encoded; raises ``CodecError`` on anything else."""
     return _guarded(_program, data)
+
+
+def encode_signature(s: Signature) -> dict[str, Any]:
+    """One signature as plain data (a worker process rebuilds it with ``decode_signature``)."""
+    return _encode_signature(s)
+
+
+def decode_signature(data: Any) -> Signature:
+    return _guarded(_signature, data)
+
+
+def encode_tool(t: ToolDecl) -> dict[str, Any]:
+    return _encode_tool(t)
+
+
+def decode_tool(data: Any) -> ToolDecl:
+    return _guarded(_tool, data)

@@ -76,5 +76,10 @@ class LM(ABC):
     async def aclose(self) -> None:
         """Release connections and models; the adapter is not used afterwards."""
 
+    def worker_spec(self) -> dict[str, Any] | None:
+        """How a worker process rebuilds this LM: ``{"provider", "args"}`` for ``dspex.lm.spec``; never a secret
+        (keys stay in environment variables, which workers inherit). None: this LM stays in its process."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity}>"

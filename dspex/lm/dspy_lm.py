@@ -34,6 +34,11 @@ class DspyLM(LM):
         self._lock = threading.Lock()
         self.identity = f"dspy:{model}"
 
+    def worker_spec(self) -> dict[str, Any] | None:
+        if "api_key" in self._kwargs:  # a key given at run time never leaves this process
+            return None
+        return {"provider": "dspy", "args": {"model": self.model, "api_key_env": self.api_key_env, **self._kwargs}}
+
     @property
     def dspy_lm(self) -> Any:
         """The wrapped ``dspy.LM``, built on first use."""

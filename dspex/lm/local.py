@@ -99,6 +99,10 @@ class LocalLM(LM):
         self.seed = seed
         self.identity = f"local:{path}" if path is not None else f"local:{model}"
 
+    def worker_spec(self) -> dict[str, Any] | None:
+        return {"provider": "local", "args": {"model": self.model, "path": None if self.path is None else str(self.path),
+                                              "n_ctx": self.n_ctx, "threads": self.threads, "seed": self.seed}}
+
     def _model(self) -> _Model:
         path = self.path if self.path is not None else _NAMED_MODELS[str(self.model)]()
         if not path.is_file():

@@ -63,6 +63,14 @@ class OpenAILM(LM):
         self._sessions: PerLoop[aiohttp.ClientSession] = PerLoop(self._new_session)
         self._sync = LoopThread(f"dspex-{self.identity}", self._close_loop_clients)
 
+    def worker_spec(self) -> dict[str, Any] | None:
+        if self._api_key is not None:  # a key given at run time never leaves this process
+            return None
+        return {"provider": "openai", "args": {
+            "model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout,
+            "max_connections": self.max_connections, "response_format": self.response_format}}
+
     def _new_session(self) -> aiohttp.ClientSession:
         """This loop's pool, made on the loop: a session belongs to the loop it was made on."""
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=_KEEPALIVE_S)

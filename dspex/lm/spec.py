@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from dspex.ir.program import LMDecl
 from dspex.lm.base import LM
 
-__all__ = ["lm_from_spec", "lm_from_decl", "lms_from_decls", "SPEC_FORMS"]
+__all__ = ["lm_from_spec", "lm_from_decl", "lms_from_decls", "build_lm", "SPEC_FORMS"]
 
 SPEC_FORMS = ("local:smollm2", "local:/path/model.gguf", "openai:MODEL@BASE_URL", "instructor:MODEL@BASE_URL",
               "dspy:PROVIDER/MODEL")
@@ -28,7 +28,7 @@ def lm_from_spec(spec: str) -> LM:
         return LocalLM(model=rest)
     if provider in ("openai", "instructor") and (m := _MODEL_AT_URL.fullmatch(rest)) and "://" not in m["model"]:
         args = {"model": m["model"]} | ({"base_url": m["url"]} if m["url"] else {})
-        return _build(provider, args)
+        return build_lm(provider, args)
     if provider == "dspy" and re.fullmatch(r"[^/\s]+/\S+", rest):
         from dspex.lm.dspy_lm import DspyLM
 
@@ -65,14 +65,15 @@ def _from_decl(decl: LMDecl, lms: Mapping[str, LMDecl], built: dict[str, LM], pa
         lm: LM = (FallbackLM if decl.provider == "fallback" else RoundRobinLM)(members)
     else:
         try:
-            lm = _build(decl.provider, dict(decl.args))
+            lm = build_lm(decl.provider, dict(decl.args))
         except TypeError as e:  # an argument the adapter does not take
             raise ValueError(f"lm {decl.name!r}: {e}") from None
     built[decl.name] = lm
     return lm
 
 
-def _build(provider: str, args: dict[str, Any]) -> LM:
+def build_lm(provider: str, args: dict[str, Any]) -> LM:
+    """The adapter of ``provider`` built with ``args`` (an lm declaration's or a worker spec's)."""
     if provider == "local":
         from dspex.lm.local import LocalLM
 

@@ -39,11 +39,13 @@ class ConfigError(DSPexError):
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
-    """One worker pool: how many processes, the memory each may use, and whether it gets the GPU."""
+    """One worker pool: how many processes, the memory each may use (a worker past it is recycled between
+    requests), whether it gets the GPU, and after how many requests a worker is recycled (0: never)."""
 
     size: int
     memory_mb: int
     gpu: bool = False
+    max_requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +138,12 @@ def _parse(data: Any, reader: _Reader) -> Config:
     pools = dict(defaults.pools)
     for name, raw in reader.table(top.get("pools", {}), "pools", tuple(pools)).items():
         path = f"pools.{name}"
-        spec = reader.table(raw, path, ("size", "memory_mb", "gpu"))
+        spec = reader.table(raw, path, ("size", "memory_mb", "gpu", "max_requests"))
         base = pools[name]
         pools[name] = PoolConfig(size=reader.count(spec, path, "size", base.size, 1),
                                  memory_mb=reader.count(spec, path, "memory_mb", base.memory_mb, 1),
-                                 gpu=reader.value(spec, path, "gpu", bool, base.gpu))
+                                 gpu=reader.value(spec, path, "gpu", bool, base.gpu),
+                                 max_requests=reader.count(spec, path, "max_requests", base.max_requests, 0))
     rt = reader.table(top.get("runtime", {}), "runtime", ("backend", "address", "concurrency"))
     backend = reader.value(rt, "runtime", "backend", str, defaults.runtime.backend)
     if backend not in _BACKENDS:

@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from dspex.engines.base import Engine, StepCall, StepResult
 from dspex.errors import DSPexError, StepError
 from dspex.ir.graph import Node
-from dspex.ir.program import Field, Pipeline
+from dspex.ir.program import Field, Pipeline, ToolDecl
 from dspex.lm.base import LM
 from dspex.lang.diagnostics import did_you_mean
-from dspex.native.validate_py import compile_validator
+from dspex.native import compile_validator
 from dspex.runtime.cache import cache_key
 from dspex.runtime.evaluate import evaluate, project
 from dspex.runtime.tools import load_tool
 
-__all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError", "choose_engine"]
+__all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError", "choose_engine", "run_tool_here", "ToolRunner"]
 
 SKIPPED: Any = type("Skipped", (), {"__repr__": lambda self: "SKIPPED"})()
 _DROP: Any = object()  # a map element whose step failed with on_error = "skip"
@@ -54,18 +54,29 @@ class NodeEvent:
 
 
 LMResolver = Callable[[Pipeline, str | None], LM]
+ToolRunner = Callable[[ToolDecl, dict[str, Any], "str | None"], Awaitable[Any]]
+
+
+async def run_tool_here(tool: ToolDecl, args: dict[str, Any], session: str | None = None) -> Any:
+    """A ``python(...)`` tool in this process, on a thread (tools are plain, possibly blocking, functions)."""
+    return await asyncio.to_thread(load_tool(tool), **args)
 
 
 class Executor:
-    """Runs pipelines. ``resolve_lm(pipeline, name)`` gives the LM for a step (``name`` None: the default)."""
+    """Runs pipelines. ``resolve_lm(pipeline, name)`` gives the LM for a step (``name`` None: the default);
+    ``run_tool`` runs ``python(...)`` tools (here, or in a worker pool); ``session`` names the session whose
+    steps these are, if any."""
 
     def __init__(self, resolve_lm: LMResolver, engines: Mapping[str, Engine], cache: Any = None,
-                 on_event: Callable[[NodeEvent], None] | None = None, map_concurrency: int = 16):
+                 on_event: Callable[[NodeEvent], None] | None = None, map_concurrency: int = 16,
+                 run_tool: ToolRunner = run_tool_here, session: str | None = None):
         self.resolve_lm = resolve_lm
         self.engines = engines
         self.cache = cache
         self.on_event = on_event
         self.map_concurrency = map_concurrency
+        self.run_tool = run_tool
+        self.session = session
 
     async def run(self, pipeline: Pipeline, inputs: Mapping[str, Any],
                   var_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -180,9 +191,11 @@ class Executor:
         engine = choose_engine(self.engines, node.module or "", str(options.pop("engine", "auto")))
         use_cache = bool(options.pop("cache", True)) and self.cache is not None
         options.pop("stream", None)
-        tools = {name: load_tool(pipeline.tools[name]) for name in options.pop("tools", None) or pipeline.tools}
+        tool_decls = {name: pipeline.tools[name] for name in options.pop("tools", None) or pipeline.tools}
+        tools = {name: load_tool(decl) for name, decl in tool_decls.items()}
         step_vars = {name: variables[name] for name in node.vars if name in variables}
-        call = StepCall(signature, node.module or "predict", args, options, step_vars, tools)
+        call = StepCall(signature, node.module or "predict", args, options, step_vars, tools, tool_decls,
+                        self.session)
         started = time.perf_counter()
         ran: list[StepResult] = []
 
@@ -207,8 +220,7 @@ class Executor:
             callee = pipeline.pipelines[node.target or ""]
             return await self.run(callee, args, {k: v for k, v in variables.items() if k in callee.vars})
         tool = pipeline.tools[node.target or ""]
-        fn = load_tool(tool)
-        value = await asyncio.to_thread(fn, **args)
+        value = await self.run_tool(tool, args, self.session)
         return compile_validator((Field("return", tool.returns),)).validate({"return": value})["return"]
 
     def _emit(self, event: NodeEvent) -> None:

@@ -12,12 +12,16 @@ import atexit
 import collections
 import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, TypeVar
 
 from dspex.engines.base import Engine, StepCall
 from dspex.ir.program import LMDecl, Pipeline, Signature
 from dspex.lm.base import LM
-from dspex.runtime.executor import Executor, NodeEvent, choose_engine
+from dspex.runtime.executor import Executor, NodeEvent, ToolRunner, choose_engine, run_tool_here
+
+if TYPE_CHECKING:
+    from dspex.runtime.sessions import Session
+    from dspex.workers.pools import Pools
 
 __all__ = ["Runtime", "default_runtime", "DEFAULT_LM"]
 
@@ -45,6 +49,19 @@ class Runtime:
             self.cache = StepCache.from_config(self.config)
         self.engines = dict(engines) if engines is not None else _default_engines()
         self.events: collections.deque[NodeEvent] = collections.deque(maxlen=10_000)
+        self.pools: Pools | None = None
+        self._run_tool: ToolRunner = run_tool_here
+        if workers:
+            from dspex.workers.pools import Pools
+            from dspex.workers.remote import RemoteDspyEngine, remote_tool_runner
+
+            self.pools = Pools(self.config, workers)
+            if "dspy" in self.engines:
+                self.engines["dspy"] = RemoteDspyEngine(self.engines["dspy"], self.pools.get, self.pools.slot_for)
+            self._run_tool = remote_tool_runner(self.pools.get, self.pools.slot_for)
+            if self._override is not None:
+                self._override = self._placed(self._override)
+        self._sessions: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None  # batches and callers inside a running loop
         self._thread: threading.Thread | None = None
         self._local = threading.local()  # each calling thread's own loop for synchronous calls
@@ -73,33 +90,55 @@ class Runtime:
     def _cached(self, key: Any, make: Any) -> LM:
         with self._lock:
             if key not in self._lms:
-                self._lms[key] = make()
+                self._lms[key] = self._placed(make())
             return self._lms[key]
 
+    def _placed(self, lm: LM) -> LM:
+        """``lm``, or with worker pools on, a proxy to it in the neural pool when it is a local model."""
+        if self.pools is None or not lm.identity.startswith("local:") or lm.worker_spec() is None:
+            return lm
+        from dspex.workers.remote import RemoteLM
+
+        return RemoteLM(lm, self.pools.get)  # the weights load in a worker, once, not in this process
+
     # -- running ----------------------------------------------------------------------------------
-    def executor(self, on_event: Any = None) -> Executor:
+    def executor(self, on_event: Any = None, session: str | None = None) -> Executor:
         def emit(event: NodeEvent) -> None:
             self.events.append(event)
             if on_event is not None:
                 on_event(event)
 
-        return Executor(self.lm_for, self.engines, self.cache, emit, self.concurrency)
+        return Executor(self.lm_for, self.engines, self.cache, emit, self.concurrency, self._run_tool, session)
 
     async def arun(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
         """The pipeline's outputs for these inputs; raises ``StepError`` naming the failing node."""
         return await self.executor().run(pipeline, inputs, self.var_values)
+
+    def session(self, session_id: str) -> "Session":
+        """The session ``session_id``: resumed from ``$DSPEX_HOME/sessions.sqlite`` when it exists there."""
+        from dspex.runtime.sessions import Session, SessionStore
+
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = SessionStore.from_config(self.config)
+        return Session(self, session_id, self._sessions)
 
     def run(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
         return self._submit(self.arun(pipeline, **inputs))
 
     async def acall(self, signature: Signature, module: str = "predict", **inputs: Any) -> dict[str, Any]:
         """One step outside any pipeline: ``module`` over ``signature``."""
+        return await self.acall_in(None, self.var_values, signature, module, inputs)
+
+    async def acall_in(self, session: str | None, var_values: Mapping[str, Any], signature: Signature, module: str,
+                       inputs: dict[str, Any]) -> dict[str, Any]:
+        """``acall`` on behalf of ``session`` with these var values (what a ``Session`` calls)."""
         from dspex.ir.modules import canonical_module
 
         module = canonical_module(module)
         engine = choose_engine(self.engines, module)
-        result = await engine.run(StepCall(signature, module, inputs, {}, dict(self.var_values)),
-                                  self.lm_for(None, None))
+        call = StepCall(signature, module, inputs, {}, dict(var_values), session=session)
+        result = await engine.run(call, self.lm_for(None, None))
         return result.outputs
 
     def call(self, signature: Signature, module: str = "predict", **inputs: Any) -> dict[str, Any]:
@@ -152,9 +191,13 @@ class Runtime:
             return self._loop
 
     def close(self) -> None:
-        """Close LM clients, the cache and the loops; the runtime is not used afterwards."""
+        """Close LM clients, the cache, the worker pools and the loops; the runtime is not used afterwards."""
         if self.cache is not None:
             self.cache.close()
+        if self.pools is not None:
+            self.pools.close()
+        if self._sessions is not None:
+            self._sessions.close()
         lms = list(self._lms.values()) + ([self._override] if self._override is not None else [])
         for loop in self._thread_loops:
             for lm in lms:
