@@ -1,8 +1,8 @@
-"""The step cache: canonical keys, the LRU, the SQLite file (persistence, modes, damage), in-flight sharing."""
+"""The step cache: the LRU, the SQLite file (persistence, modes, damage), in-flight sharing (its keys are tested
+with their twins in ``tests/native/test_cachekey.py``)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sqlite3
 import stat
@@ -10,28 +10,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from dspex.runtime.cache import (
-    CACHE_FILE,
-    KEY_VERSION,
-    MISSING,
-    StepCache,
-    cache_key,
-    key_material,
-)
+from dspex.runtime.cache import CACHE_FILE, MISSING, StepCache
 from dspex.runtime.config import CacheConfig, Config, load_config
-
-FP = "f" * 64
-LM = "openai:gpt-4o-mini@http://127.0.0.1:8000/v1"
-
-
-def key(inputs: Any = None, lm: str = LM, options: Any = None, var_values: Any = None, fp: str = FP) -> bytes:
-    return cache_key(fp, {"review": "great"} if inputs is None else inputs, lm,
-                     {"temperature": 0.2} if options is None else options, {} if var_values is None else var_values)
 
 
 def k(n: int) -> bytes:
@@ -41,93 +23,6 @@ def k(n: int) -> bytes:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / CACHE_FILE
-
-
-# -- keys ---------------------------------------------------------------------------------------------------------
-
-def test_key_is_32_bytes_and_stable() -> None:
-    assert key() == key() and len(key()) == 32
-    # Golden: the encoding is part of the on-disk format; change it only with KEY_VERSION.
-    assert key().hex() == GOLDEN
-
-
-GOLDEN = cache_key(FP, {"review": "great"}, LM, {"temperature": 0.2}, {}).hex()
-
-
-def test_golden_key_matches_the_documented_encoding() -> None:
-    material = msgpack.packb([1, FP, {"review": "great"}, LM, {"temperature": 0.2}, {}], use_bin_type=True)
-    assert GOLDEN == hashlib.blake2b(material, digest_size=32).hexdigest()
-
-
-def test_the_key_hashes_exactly_its_arguments() -> None:
-    # Nothing else (no environment, no credentials) goes in: keeping secrets out is the caller's job,
-    # by passing an lm identity rather than the client.
-    material = key_material(FP, {"b": 1, "a": [1, (2, 3)]}, LM, {"t": 0.5}, {"k": 3})
-    assert msgpack.unpackb(material) == [KEY_VERSION, FP, {"a": [1, [2, 3]], "b": 1}, LM, {"t": 0.5}, {"k": 3}]
-    assert list(msgpack.unpackb(material)[2]) == ["a", "b"]  # keys sorted
-    assert cache_key(FP, {"b": 1, "a": [1, (2, 3)]}, LM, {"t": 0.5}, {"k": 3}) == \
-        hashlib.blake2b(material, digest_size=32).digest()
-
-
-@pytest.mark.parametrize("changed", [
-    key(fp="e" * 64), key(inputs={"review": "grate"}), key(inputs={"text": "great"}),
-    key(lm="openai:gpt-4o@http://127.0.0.1:8000/v1"), key(options={"temperature": 0.3}),
-    key(options={"temperature": 0.2, "max_tokens": 5}), key(var_values={"k": 3}),
-])
-def test_every_component_changes_the_key(changed: bytes) -> None:
-    assert changed != key()
-
-
-def test_dict_order_does_not_change_the_key() -> None:
-    a = {"x": 1, "y": {"p": [1, 2], "q": None}, "z": "s"}
-    b = {"z": "s", "y": {"q": None, "p": [1, 2]}, "x": 1}
-    assert key(inputs=a, options=a, var_values=a) == key(inputs=b, options=b, var_values=b)
-
-
-def test_numbers_strings_and_bools_are_distinguished() -> None:
-    keys = {key(inputs={"v": v}) for v in (1, 1.0, "1", True, None, b"1", [1])}
-    assert len(keys) == 7
-
-
-def test_tuples_hash_as_lists() -> None:
-    assert key(inputs={"v": (1, 2)}) == key(inputs={"v": [1, 2]})
-
-
-def test_non_string_map_keys_are_ordered_canonically() -> None:
-    assert key(inputs={"m": {1: "a", "b": 2, (1, "x"): 3}}) == key(inputs={"m": {(1, "x"): 3, "b": 2, 1: "a"}})
-    assert key(inputs={"m": {1: "a"}}) != key(inputs={"m": {"1": "a"}})
-
-
-def test_big_ints_and_subclasses_encode() -> None:
-    import enum
-
-    class Tone(str, enum.Enum):
-        FORMAL = "formal"
-
-    assert key(inputs={"v": 2**70}) != key(inputs={"v": 2**70 + 1})
-    assert key(var_values={"tone": Tone.FORMAL}) == key(var_values={"tone": "formal"})
-
-
-def test_unencodable_values_are_a_type_error() -> None:
-    with pytest.raises(TypeError, match="cannot encode a value of type set"):
-        key(inputs={"v": {1, 2}})
-
-
-json_like = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-    max_leaves=12)
-
-
-@given(st.dictionaries(st.text(max_size=4), json_like, max_size=5), st.randoms(use_true_random=False))
-def test_key_ignores_insertion_order_property(inputs: dict[str, Any], rnd: Any) -> None:
-    def shuffled(value: Any) -> Any:
-        if isinstance(value, dict):
-            items = list(value.items())
-            rnd.shuffle(items)
-            return {k: shuffled(v) for k, v in items}
-        return [shuffled(v) for v in value] if isinstance(value, list) else value
-    assert key(inputs=inputs) == key(inputs=shuffled(inputs))
 
 
 # -- memory tier --------------------------------------------------------------------------------------------------
@@ -391,13 +286,6 @@ def test_a_hit_through_get_or_compute_does_not_compute(db_path: Path) -> None:
 
 
 # -- degraded paths ---------------------------------------------------------------------------------------------
-
-def test_numeric_subclasses_hash_as_their_base() -> None:
-    class Score(float):
-        pass
-
-    assert key(inputs={"v": Score(0.5)}) == key(inputs={"v": 0.5})
-
 
 def test_damage_noticed_while_running_is_survived(db_path: Path) -> None:
     with StepCache(db_path) as cache:
