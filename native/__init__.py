@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = ["NO_EXTENSIONS", "IMPLEMENTATION", "twin",
            "Validator", "compile_validator",
@@ -43,18 +44,15 @@ _wire, _wire_kind = _select("wire")
 IMPLEMENTATION: dict[str, str] = {"validate": _validate_kind, "cachekey": _cachekey_kind, "wire": _wire_kind}
 """Which twin each concern runs on: ``"c"`` or ``"py"``."""
 
-Validator = _validate.Validator
-compile_validator = _validate.compile_validator
-
-KEY_VERSION: int = _cachekey.KEY_VERSION
-KEY_SIZE: int = _cachekey.KEY_SIZE
-canonical = _cachekey.canonical
-key_material = _cachekey.key_material
-cache_key = _cachekey.cache_key
-
-FRAME_VERSION: int = _wire.FRAME_VERSION
-FRAME_HEADER_SIZE: int = _wire.FRAME_HEADER_SIZE
-MAX_FRAME_SIZE: int = _wire.MAX_FRAME_SIZE
-pack_frame = _wire.pack_frame
-unpack_frame = _wire.unpack_frame
-Ring = _wire.Ring
+if TYPE_CHECKING:  # the Python twins are the type source; the compiled twins have the same API
+    from dspex.native.cachekey_py import KEY_SIZE, KEY_VERSION, cache_key, canonical, key_material
+    from dspex.native.validate_py import Validator, compile_validator
+    from dspex.native.wire_py import (FRAME_HEADER_SIZE, FRAME_VERSION, MAX_FRAME_SIZE, Ring, pack_frame,
+                                      unpack_frame)
+else:
+    Validator, compile_validator = _validate.Validator, _validate.compile_validator
+    KEY_VERSION, KEY_SIZE = _cachekey.KEY_VERSION, _cachekey.KEY_SIZE
+    canonical, key_material, cache_key = _cachekey.canonical, _cachekey.key_material, _cachekey.cache_key
+    FRAME_VERSION, FRAME_HEADER_SIZE, MAX_FRAME_SIZE = (_wire.FRAME_VERSION, _wire.FRAME_HEADER_SIZE,
+                                                        _wire.MAX_FRAME_SIZE)
+    pack_frame, unpack_frame, Ring = _wire.pack_frame, _wire.unpack_frame, _wire.Ring
