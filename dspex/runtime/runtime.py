@@ -30,6 +30,11 @@ T = TypeVar("T")
 
 
 class Runtime:
+    """Runs pipelines and single steps. ``workers=N`` turns on supervised worker pools (SPEC §8): dspy-engine
+    steps and ``python(...)`` tools then run in the ``general`` pool (N processes; a Ray actor each with
+    ``[runtime] backend = "ray"``) and local models in the ``neural`` pool; without it everything runs in
+    this process. ``session(id)`` gives a persisted, stateful session with strict worker affinity."""
+
     def __init__(self, lm: str | LM | None = None, *, workers: int | None = None, config: Any = None,
                  cache: bool = True, vars: Mapping[str, Any] | None = None, concurrency: int | None = None,
                  engines: Mapping[str, Engine] | None = None):
@@ -115,13 +120,18 @@ class Runtime:
         return await self.executor().run(pipeline, inputs, self.var_values)
 
     def session(self, session_id: str) -> "Session":
-        """The session ``session_id``: resumed from ``$DSPEX_HOME/sessions.sqlite`` when it exists there."""
+        """The session ``session_id``: resumed from ``$DSPEX_HOME/sessions.sqlite`` when it exists there. While
+        it is in use, every call for the same id gets the same object, so turns from many threads share one
+        history instead of overwriting each other's record."""
         from dspex.runtime.sessions import Session, SessionStore
 
         with self._lock:
             if self._sessions is None:
                 self._sessions = SessionStore.from_config(self.config)
-        return Session(self, session_id, self._sessions)
+            session: Session | None = self._sessions.live.get(session_id)
+            if session is None:
+                session = self._sessions.live[session_id] = Session(self, session_id, self._sessions)
+            return session
 
     def run(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
         return self._submit(self.arun(pipeline, **inputs))

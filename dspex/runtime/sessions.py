@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -45,14 +46,17 @@ class SessionStore:
 
     def __init__(self, path: Path):
         self.path = path
-        new = not path.exists()
+        try:  # created private: never readable by others, not even between creation and a chmod
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if new:
-            os.chmod(path, 0o600)
         self._lock = threading.Lock()
+        self.live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()  # see Runtime.session
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
+            self._db.execute("SELECT id, record, updated FROM sessions LIMIT 0")  # a table of another shape fails here
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise SessionError(f"{path}: not a sessions file ({e})") from None
@@ -62,17 +66,23 @@ class SessionStore:
         return cls(ensure_home(config) / SESSIONS_FILE)
 
     def load(self, session_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT record FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        """The record of ``session_id`` (``{"history": [turn, ...], "vars": {name: value}}``), None if there is none."""
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT record FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise SessionError(f"{self.path}: cannot read session {session_id!r} ({e})") from None
         if row is None:
             return None
         try:
             record = msgpack.unpackb(row[0], raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException) as e:
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
             raise SessionError(f"{self.path}: session {session_id!r} is damaged ({type(e).__name__})") from None
-        if not isinstance(record, dict):
-            raise SessionError(f"{self.path}: session {session_id!r} is damaged (not a record)")
-        return record
+        history, variables = (record.get("history", []), record.get("vars", {})) if isinstance(record, dict) else (0, 0)
+        if not (isinstance(history, list) and all(isinstance(t, dict) for t in history)
+                and isinstance(variables, dict) and all(isinstance(k, str) for k in variables)):
+            raise SessionError(f"{self.path}: session {session_id!r} is damaged (not a session record)")
+        return {"history": history, "vars": variables}
 
     def save(self, session_id: str, record: Mapping[str, Any]) -> None:
         data = msgpack.packb(dict(record), use_bin_type=True)

@@ -67,6 +67,7 @@ class _Worker:
     served: int = 0
     hung: bool = False
     retired: bool = False  # replaced or being replaced: no new request goes to it
+    reported: bool = False  # its exit event has been emitted
 
     def release(self) -> None:
         for part in (self.requests, self.responses, self.status):
@@ -229,6 +230,8 @@ class WorkerPool:
                 return
             worker.retired = True
             self._idle.discard(worker.slot)
+        if not graceful and worker.proc.poll() is not None:  # already gone: its exit is recorded before the
+            self._report_exit(worker, cause)                # caller re-runs the request, not some time later
         self._jobs.put(lambda: self._replace(worker, cause, graceful))
 
     def _replace(self, worker: _Worker, cause: str, graceful: bool) -> None:
@@ -236,9 +239,8 @@ class WorkerPool:
             self._stop(worker)
         else:
             self._kill(worker)
-            code = worker.proc.wait()
-            self._emit(WorkerEvent("exit", self.name, worker.slot, worker.proc.pid,
-                                   cause or classify_exit(code, worker.hung), code))
+            worker.proc.wait()
+            self._report_exit(worker, cause)
         worker.release()
         if self._closed:
             return
@@ -250,6 +252,14 @@ class WorkerPool:
             time.sleep(self.heartbeat_s)
             return
         self._enlist(fresh)
+
+    def _report_exit(self, worker: _Worker, cause: str) -> None:
+        """The exit event of a worker that has exited, once."""
+        if not worker.reported:
+            worker.reported = True
+            code = worker.proc.returncode
+            self._emit(WorkerEvent("exit", self.name, worker.slot, worker.proc.pid,
+                                   cause or classify_exit(code, worker.hung), code))
 
     def _supervise(self) -> None:
         while True:

@@ -10,12 +10,14 @@ and a hung request is cancelled when the stub closes. Answers come from ``answer
         stub.inject(Fault(status=429, retry_after="2"))   # the next request gets a 429
 
 Benchmarks that must not share the GIL with the server run it as a process instead:
-``python -m tests.servers.openai_stub --latency 0.05`` prints its base URL and serves until stdin closes.
+``python -m tests.servers.openai_stub --latency 0.05`` prints its base URL and serves until stdin closes;
+``--answer-fn MODULE:FUNCTION`` answers with an importable ``answer(body)`` instead of the echo.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import threading
@@ -261,9 +263,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="An OpenAI-compatible stub server on 127.0.0.1.")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--answer", help="a fixed answer (default: echo the last message)")
+    parser.add_argument("--answer-fn", metavar="MODULE:FUNCTION",
+                        help="answer with FUNCTION(body) from an importable MODULE")
     args = parser.parse_args(argv)
     fixed: str | None = args.answer
-    with OpenAIStub(echo if fixed is None else (lambda body: fixed), latency=args.latency) as stub:
+    answer: Answer = echo if fixed is None else (lambda body: fixed)
+    if args.answer_fn is not None:
+        module, _, function = args.answer_fn.partition(":")
+        answer = getattr(importlib.import_module(module), function)
+    with OpenAIStub(answer, latency=args.latency) as stub:
         print(stub.base_url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin (or exits)
 
