@@ -366,6 +366,23 @@ def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readab
 
 
 @app.command()
+def stats(since: Annotated[Optional[str], typer.Option(
+              "--since", show_default=False, help="Only events since then: 30m, 2h, 1d, 1w or an ISO-8601 time.")] = None,
+          format: Annotated[CheckFormat, typer.Option("--format", help="Output format.")] = CheckFormat.text) -> None:
+    """Per-pipeline and per-node latency percentiles, error, cache-hit and validation-failure rates and tokens
+    from the telemetry under DSPEX_HOME, and the routes the adaptive scheduler has learnt."""
+    from dspex.runtime.config import load_config
+    from dspex.runtime.scheduler import learned_routes
+    from dspex.runtime.stats import stats_command
+
+    with _reporting():
+        config = load_config()
+        text, code = stats_command(config.home, since, format.value, learned_routes(config))
+    typer.echo(text, err=code != 0)
+    raise typer.Exit(code)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"dspexc {__version__}")

@@ -11,18 +11,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
 from dspex.errors import DSPexError
 from dspex.lang.diagnostics import did_you_mean
 
-__all__ = ["Config", "PoolConfig", "RuntimeConfig", "CacheConfig", "ConfigError", "load_config", "ensure_home",
-           "CONFIG_FILE"]
+if TYPE_CHECKING:
+    from dspex.runtime.resilience import ResiliencePolicy
+
+__all__ = ["Config", "PoolConfig", "RuntimeConfig", "CacheConfig", "TelemetryConfig", "SchedulerConfig",
+           "ConfigError", "load_config", "ensure_home", "CONFIG_FILE", "SINKS"]
 
 CONFIG_FILE = "dspex.toml"
 _BACKENDS = ("local", "ray")
+SINKS = ("ring", "jsonl", "otel", "prometheus")
 _FALSE_ENV = ("", "0", "false", "no", "off")
 
 
@@ -65,6 +69,23 @@ class CacheConfig:
     disk: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Where telemetry events go (``SINKS``; ``otel`` and ``prometheus`` only when their libraries import)."""
+
+    sinks: tuple[str, ...] = SINKS
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The adaptive scheduler: on or off, its random seed, and routes pinned per step (``"pipeline.node"`` or
+    ``"*"`` -> ``"engine/lm"``) for reproducible runs."""
+
+    adaptive: bool = True
+    seed: int | None = None
+    pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
 def _default_pools() -> Mapping[str, PoolConfig]:
     return MappingProxyType({
         "general": PoolConfig(size=4, memory_mb=512),
@@ -84,6 +105,10 @@ class Config:
     runtime: RuntimeConfig = RuntimeConfig()
     cache: CacheConfig = CacheConfig()
     lms: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    telemetry: TelemetryConfig = TelemetryConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resilience: "ResiliencePolicy | None" = None  # defaults for every lm (None: the policy's own defaults)
+    resilience_lms: Mapping[str, "ResiliencePolicy"] = field(default_factory=lambda: MappingProxyType({}))
     no_extensions: bool = False
     source: Path | None = None
 
@@ -132,7 +157,8 @@ def _kind(value: Any) -> str:
 
 
 def _parse(data: Any, reader: _Reader) -> Config:
-    top = reader.table(data, "", ("lm", "home", "pools", "runtime", "cache", "lms"))
+    top = reader.table(data, "", ("lm", "home", "pools", "runtime", "cache", "lms", "telemetry", "scheduler",
+                                  "resilience"))
     defaults = Config()
     home = reader.value(top, "", "home", str, None)
     pools = dict(defaults.pools)
@@ -159,6 +185,19 @@ def _parse(data: Any, reader: _Reader) -> Config:
         raise ConfigError(reader.source, "lms", f"expected a table of lm spec strings, got {_kind(lms)}")
     for name in lms:
         reader.value(lms, "lms", name, str, None)
+    telemetry = reader.table(top.get("telemetry", {}), "telemetry", ("sinks",))
+    sinks = reader.value(telemetry, "telemetry", "sinks", list, list(SINKS))
+    for sink in sinks:
+        if sink not in SINKS:
+            hint = did_you_mean(str(sink), SINKS)
+            raise ConfigError(reader.source, "telemetry.sinks", f"unknown sink {sink!r}" + (f" ({hint})" if hint else "")
+                              + f"; expected some of {', '.join(SINKS)}")
+    sched = reader.table(top.get("scheduler", {}), "scheduler", ("adaptive", "seed", "pins"))
+    pins = reader.table(sched.get("pins", {}), "scheduler.pins", tuple(sched.get("pins", {})))
+    for node, route in pins.items():
+        if not isinstance(route, str) or route.count("/") != 1:
+            raise ConfigError(reader.source, f"scheduler.pins.{node}", f"expected \"engine/lm\", got {route!r}")
+    resilience, resilience_lms = _resilience(reader, top.get("resilience", {}))
     return Config(
         lm=reader.value(top, "", "lm", str, None),
         home=(reader.base / Path(home).expanduser()) if home is not None else defaults.home,
@@ -169,7 +208,29 @@ def _parse(data: Any, reader: _Reader) -> Config:
                                                       defaults.cache.memory_entries, 0),
                           disk=reader.value(cache, "cache", "disk", bool, defaults.cache.disk)),
         lms=MappingProxyType(dict(lms)),
+        telemetry=TelemetryConfig(tuple(sinks)),
+        scheduler=SchedulerConfig(adaptive=reader.value(sched, "scheduler", "adaptive", bool, True),
+                                  seed=reader.value(sched, "scheduler", "seed", int, None),
+                                  pins=MappingProxyType(dict(pins))),
+        resilience=resilience,
+        resilience_lms=MappingProxyType(resilience_lms),
     )
+
+
+def _resilience(reader: _Reader, data: Any) -> tuple["ResiliencePolicy | None", dict[str, "ResiliencePolicy"]]:
+    """``[resilience]``: defaults for every lm, and ``[resilience.lms.NAME]`` overrides for one lm (by its
+    declared name or its identity)."""
+    from dspex.runtime.resilience import policy_from_mapping
+
+    if not data:
+        return None, {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(reader.source, "resilience", f"expected a table, got {_kind(data)}")
+    table = dict(data)
+    per_lm = reader.table(table.pop("lms", {}), "resilience.lms", tuple(data.get("lms", {}) or ()))
+    defaults = policy_from_mapping(table, source=reader.source, path="resilience")
+    return defaults, {name: policy_from_mapping(raw, base=defaults, source=reader.source, path=f"resilience.lms.{name}")
+                      for name, raw in per_lm.items()}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

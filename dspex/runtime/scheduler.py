@@ -43,7 +43,7 @@ import msgpack
 from dspex.errors import DSPexError
 from dspex.runtime.config import Config, ensure_home
 
-__all__ = ["AdaptiveScheduler", "Route", "SchedulerStateError", "SCHEDULER_FILE", "STATE_VERSION"]
+__all__ = ["AdaptiveScheduler", "Route", "SchedulerStateError", "SCHEDULER_FILE", "STATE_VERSION", "learned_routes"]
 
 log = logging.getLogger("dspex.scheduler")
 
@@ -437,3 +437,17 @@ class AdaptiveScheduler:
         with self._lock:
             self._nodes = nodes
         return True
+
+
+def learned_routes(config: Config) -> list[dict[str, Any]]:
+    """What the scheduler has learnt under ``config.home``, for ``dspexc stats`` (read-only: a damaged state file
+    is reported as one row, not moved)."""
+    path = config.home / SCHEDULER_FILE
+    if not path.is_file():
+        return []
+    scheduler = AdaptiveScheduler()
+    try:
+        scheduler.load(path)
+    except SchedulerStateError as exc:
+        return [{"node": "*", "route": "-", "reason": f"unreadable state: {exc}", "samples": 0}]
+    return [{**row, "route": "/".join(row["route"])} for row in scheduler.describe()]
