@@ -3,6 +3,7 @@ exit codes, and a batch killed with ``kill -9`` that resumes with no row lost an
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -91,10 +92,12 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path, env: di
         assert 30 <= len(written) < n, "the kill came too late to test anything"
         before = len(stub.requests)
         done = dspexc(*args, "--resume", env=env)
-        resumed_requests = len(stub.requests) - before
+        resumed = stub.requests[before:]
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["id"] for line in lines] == [f"r{i:03}" for i in range(n)]  # every row once, in order
     assert all(line["outputs"] == {"label": "positive", "confidence": 0.8} for line in lines)
-    complete_before = sum(1 for line in written if line.endswith("}"))
-    assert resumed_requests <= n - complete_before + 1  # only the missing rows were asked again
+    complete_before = {json.loads(line)["id"] for line in written if line.endswith("}")}
+    asked_again = {f"r{int(i):03}" for r in resumed for i in re.findall(r"review number (\d+)", json.dumps(r.body))}
+    # only the missing rows were asked again (the scheduler may try one row on two routes: still a missing row)
+    assert asked_again and not asked_again & complete_before

@@ -5,7 +5,7 @@ instructor) cost nothing unless used.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from dspex.ir.program import LMDecl
 from dspex.lm.base import LM
@@ -36,20 +36,29 @@ def lm_from_spec(spec: str) -> LM:
     raise ValueError(f"bad lm spec {spec!r}; expected one of: {', '.join(SPEC_FORMS)}")
 
 
-def lm_from_decl(decl: LMDecl, lms: Mapping[str, LMDecl]) -> LM:
-    """The LM an ``lm`` declaration describes; combinators take their members from ``lms`` (by name)."""
-    return _from_decl(decl, lms, {}, ())
+Wrap = Callable[[LM, str], LM]  # a leaf lm and its declared name -> the lm to use (e.g. with resilience)
 
 
-def lms_from_decls(lms: Mapping[str, LMDecl]) -> dict[str, LM]:
+def _as_is(lm: LM, name: str) -> LM:
+    return lm
+
+
+def lm_from_decl(decl: LMDecl, lms: Mapping[str, LMDecl], wrap: Wrap = _as_is) -> LM:
+    """The LM an ``lm`` declaration describes; combinators take their members from ``lms`` (by name).
+    ``wrap`` is applied to every leaf (never to a combinator), so each endpoint keeps its own guards."""
+    return _from_decl(decl, lms, {}, (), wrap)
+
+
+def lms_from_decls(lms: Mapping[str, LMDecl], wrap: Wrap = _as_is) -> dict[str, LM]:
     """Every declared LM, built once each: combinators share their members' instances (and pools)."""
     built: dict[str, LM] = {}
     for decl in lms.values():
-        _from_decl(decl, lms, built, ())
+        _from_decl(decl, lms, built, (), wrap)
     return built
 
 
-def _from_decl(decl: LMDecl, lms: Mapping[str, LMDecl], built: dict[str, LM], path: tuple[str, ...]) -> LM:
+def _from_decl(decl: LMDecl, lms: Mapping[str, LMDecl], built: dict[str, LM], path: tuple[str, ...],
+               wrap: Wrap) -> LM:
     if decl.name in built:
         return built[decl.name]
     if decl.name in path:
@@ -61,13 +70,14 @@ def _from_decl(decl: LMDecl, lms: Mapping[str, LMDecl], built: dict[str, LM], pa
         for name in decl.members:
             if name not in lms:
                 raise ValueError(f"lm {decl.name!r} names an undeclared lm {name!r}")
-            members.append(_from_decl(lms[name], lms, built, (*path, decl.name)))
+            members.append(_from_decl(lms[name], lms, built, (*path, decl.name), wrap))
         lm: LM = (FallbackLM if decl.provider == "fallback" else RoundRobinLM)(members)
     else:
         try:
             lm = build_lm(decl.provider, dict(decl.args))
         except TypeError as e:  # an argument the adapter does not take
             raise ValueError(f"lm {decl.name!r}: {e}") from None
+        lm = wrap(lm, decl.name)
     built[decl.name] = lm
     return lm
 

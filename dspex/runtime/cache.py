@@ -106,12 +106,13 @@ class StepCache:
 
     # -- public API -------------------------------------------------------------------------------------------
 
-    def get(self, key: bytes) -> Any:
-        """The cached value, or ``MISSING``. Each call decodes a fresh copy, so callers may mutate it."""
+    def get(self, key: bytes, count_miss: bool = True) -> Any:
+        """The cached value, or ``MISSING``. Each call decodes a fresh copy, so callers may mutate it.
+        ``count_miss`` False: a look that is not a miss of its own (the executor looks under each route first)."""
         with self._lock:
             value = self._lookup(key)
             if value is MISSING:
-                self._misses += 1
+                self._misses += count_miss
             else:
                 self._hits += 1
             return value

@@ -9,19 +9,22 @@ its ``on_error`` says to drop the element (``skip``) or to use ``none``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
-from dspex.engines.base import Engine, StepCall, StepResult
+from dspex.engines.base import Engine, StepCall, StepResult, ValidationError
 from dspex.errors import DSPexError, StepError
 from dspex.ir.graph import Node
 from dspex.ir.program import Field, Pipeline, ToolDecl
 from dspex.lm.base import LM
 from dspex.lang.diagnostics import did_you_mean
 from dspex.native import compile_validator
-from dspex.runtime.cache import cache_key
+from dspex.runtime.cache import MISSING, cache_key
 from dspex.runtime.evaluate import evaluate, project
+from dspex.runtime.routing import DEFAULT_LM, Router, input_size, node_key
+from dspex.runtime.scheduler import Route
 from dspex.runtime.tools import load_tool
 
 __all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError", "choose_engine", "run_tool_here", "ToolRunner"]
@@ -38,7 +41,8 @@ class InputError(DSPexError):
 
 @dataclass
 class NodeEvent:
-    """What happened at one node: ``kind`` is start, end, error, cache_hit or skip."""
+    """What happened at one node: ``kind`` is start, end, error, cache_hit or skip. ``call`` numbers the
+    node's calls within one executor, so a start and its end pair up when ``map`` runs a node many times."""
 
     kind: str
     pipeline: str
@@ -51,6 +55,7 @@ class NodeEvent:
     completion_tokens: int = 0
     error: str = ""
     at: float = field(default_factory=time.time)
+    call: int = 0
 
 
 LMResolver = Callable[[Pipeline, str | None], LM]
@@ -69,7 +74,7 @@ class Executor:
 
     def __init__(self, resolve_lm: LMResolver, engines: Mapping[str, Engine], cache: Any = None,
                  on_event: Callable[[NodeEvent], None] | None = None, map_concurrency: int = 16,
-                 run_tool: ToolRunner = run_tool_here, session: str | None = None):
+                 run_tool: ToolRunner = run_tool_here, session: str | None = None, router: Router | None = None):
         self.resolve_lm = resolve_lm
         self.engines = engines
         self.cache = cache
@@ -77,6 +82,8 @@ class Executor:
         self.map_concurrency = map_concurrency
         self.run_tool = run_tool
         self.session = session
+        self.router = router
+        self._calls = itertools.count(1)
 
     async def run(self, pipeline: Pipeline, inputs: Mapping[str, Any],
                   var_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -167,12 +174,13 @@ class Executor:
         options = {name: evaluate(e, values, variables, current) for name, e in node.options}
         on_error = options.pop("on_error", "fail")
         started = time.perf_counter()
-        self._emit(NodeEvent("start", pipeline.name, node.id))
+        call = next(self._calls)
+        self._emit(NodeEvent("start", pipeline.name, node.id, call=call))
         try:
-            result = await self._dispatch(pipeline, node, args, options, variables)
+            result = await self._dispatch(pipeline, node, args, options, variables, call)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a StepError or an on_error value
             self._emit(NodeEvent("error", pipeline.name, node.id, duration_s=time.perf_counter() - started,
-                                 error=f"{type(exc).__name__}: {exc}"))
+                                 error=f"{type(exc).__name__}: {exc}", call=call))
             if on_error == "skip" and item is not None:
                 return _DROP
             if on_error in ("none", "skip"):
@@ -183,12 +191,11 @@ class Executor:
         return project(result, (node.select,)) if node.select else result
 
     async def _dispatch(self, pipeline: Pipeline, node: Node, args: dict[str, Any], options: dict[str, Any],
-                        variables: Mapping[str, Any]) -> Any:
+                        variables: Mapping[str, Any], call_id: int) -> Any:
         if node.module == "call":
             return await self._call(pipeline, node, args, variables)
         signature = pipeline.signatures[node.target or ""]
-        lm = self.resolve_lm(pipeline, options.pop("lm", None))
-        engine = choose_engine(self.engines, node.module or "", str(options.pop("engine", "auto")))
+        lm_name, asked = options.pop("lm", None), str(options.pop("engine", "auto"))
         use_cache = bool(options.pop("cache", True)) and self.cache is not None
         options.pop("stream", None)
         tool_decls = {name: pipeline.tools[name] for name in options.pop("tools", None) or pipeline.tools}
@@ -197,23 +204,70 @@ class Executor:
         call = StepCall(signature, node.module or "predict", args, options, step_vars, tools, tool_decls,
                         self.session)
         started = time.perf_counter()
+        router = self.router
+        if router is None:
+            routes: list[Route] = [(choose_engine(self.engines, node.module or "", asked).name, lm_name or DEFAULT_LM)]
+        else:
+            routes = router.routes(pipeline, node.module or "", asked, lm_name, self.engines)
+        if use_cache:  # an answer cached under any route beats running (or exploring) one
+            for route in routes:
+                engine, lm = self._route(pipeline, route)
+                cached = self.cache.get(self._cache_key(node, args, options, step_vars, engine, lm), count_miss=False)
+                if cached is not MISSING:
+                    self._emit(NodeEvent("cache_hit", pipeline.name, node.id, engine.name, lm.identity,
+                                         time.perf_counter() - started, call=call_id))
+                    return cached
+        route_key, size = (node_key(pipeline, node), input_size(args)) if router is not None else ("", 0.0)
+        route = routes[0] if router is None else router.choose(route_key, routes, size)
+        try:
+            result, hit, engine, lm = await self._compute(pipeline, node, call, route, route_key, size, use_cache)
+        except Exception:
+            if route == routes[0]:
+                raise
+            # an exploratory route failed: the row is run on the default route rather than lost
+            result, hit, engine, lm = await self._compute(pipeline, node, call, routes[0], route_key, size, use_cache)
+        self._emit(NodeEvent("cache_hit" if hit else "end", pipeline.name, node.id, engine.name, lm.identity,
+                             time.perf_counter() - started, result.lm_calls, result.prompt_tokens,
+                             result.completion_tokens, call=call_id))
+        return result.outputs
+
+    def _route(self, pipeline: Pipeline, route: Route) -> tuple[Engine, LM]:
+        return self.engines[route[0]], self.resolve_lm(pipeline, None if route[1] == DEFAULT_LM else route[1])
+
+    @staticmethod
+    def _cache_key(node: Node, args: Mapping[str, Any], options: Mapping[str, Any], step_vars: Mapping[str, Any],
+                   engine: Engine, lm: LM) -> bytes:
+        return cache_key(node.fingerprint, args, lm.identity, {**options, "engine": engine.name}, step_vars)
+
+    async def _compute(self, pipeline: Pipeline, node: Node, call: StepCall, route: Route, route_key: str,
+                       size: float, use_cache: bool) -> tuple[StepResult, bool, Engine, LM]:
+        """Run ``call`` on ``route`` (sharing an identical call already in flight), telling the router how it
+        went; the result, whether it came from the cache, and the engine and lm that served it."""
+        engine, lm = self._route(pipeline, route)
+        router = self.router
         ran: list[StepResult] = []
 
         async def compute() -> dict[str, Any]:
-            result = await engine.run(call, lm)
+            began = time.perf_counter()
+            try:
+                result = await engine.run(call, lm)
+            except Exception as exc:
+                if router is not None:
+                    router.observe(route_key, pipeline.name, node.id, route, lm.identity, time.perf_counter() - began,
+                                   False, isinstance(exc, ValidationError), 0, size)
+                raise
+            if router is not None:
+                router.observe(route_key, pipeline.name, node.id, route, lm.identity, time.perf_counter() - began,
+                               True, result.retries > 0, result.prompt_tokens + result.completion_tokens, size)
             ran.append(result)
             return result.outputs
 
         if use_cache:
-            key = cache_key(node.fingerprint, args, lm.identity, {**options, "engine": engine.name}, step_vars)
+            key = self._cache_key(node, call.inputs, call.options, call.var_values, engine, lm)
             outputs, hit = await self.cache.get_or_compute(key, compute)
         else:
             outputs, hit = await compute(), False
-        result = ran[0] if ran else StepResult(outputs, engine=engine.name)
-        self._emit(NodeEvent("cache_hit" if hit else "end", pipeline.name, node.id, engine.name, lm.identity,
-                             time.perf_counter() - started, result.lm_calls, result.prompt_tokens,
-                             result.completion_tokens))
-        return outputs
+        return (ran[0] if ran else StepResult(outputs, engine=engine.name)), hit, engine, lm
 
     async def _call(self, pipeline: Pipeline, node: Node, args: dict[str, Any], variables: Mapping[str, Any]) -> Any:
         if node.target_kind == "pipeline":

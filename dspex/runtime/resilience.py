@@ -182,6 +182,17 @@ class _Cells:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def peek(self, index: int) -> float:
+        """One value, read without the lock: the healthy path's check (is the breaker closed with no failures?)
+        costs no system call. A value being changed at that instant is read before or after the change (each is
+        one aligned 8-byte word), which only moves the reaction by one call."""
+        if self._path is None:
+            return self._values[index]
+        if self._map is None or self._pid != os.getpid():
+            with self.hold() as values:
+                return values[index]
+        return float(self._format.unpack_from(self._map)[index])
+
     def close(self) -> None:
         if self._map is not None:
             self._map.close()
@@ -233,6 +244,8 @@ class CircuitBreaker:
 
     def check(self) -> bool:
         """Raise ``CircuitOpenError`` if no call may go now; True when this call is the half-open probe."""
+        if self._cells.peek(0) == _CLOSED:
+            return False
         with self._cells.hold() as cells:
             state, failures, opened_at, probe_until = cells
             if state == _CLOSED:
@@ -248,6 +261,8 @@ class CircuitBreaker:
         return True
 
     def record_success(self) -> None:
+        if self._cells.peek(0) == _CLOSED and self._cells.peek(1) == 0.0:
+            return  # nothing to reset: the healthy path takes no lock
         with self._cells.hold() as cells:
             state = cells[0]
             cells[:] = [_CLOSED, 0.0, 0.0, -math.inf]
@@ -263,6 +278,15 @@ class CircuitBreaker:
             if opens:
                 cells[0], cells[2], cells[3] = _OPEN, self._clock(), -math.inf
         if opens:
+            self._emit("open", failures)
+
+    def trip(self) -> None:
+        """Open now, whatever the count (an anomaly detector saw the endpoint fail): the next call after
+        ``reset_s`` probes it."""
+        with self._cells.hold() as cells:
+            state, failures = cells[0], cells[1]
+            cells[0], cells[2], cells[3] = _OPEN, self._clock(), -math.inf
+        if state != _OPEN:
             self._emit("open", failures)
 
     def release_probe(self) -> None:
@@ -484,12 +508,15 @@ class ResilientLM(LM):
 
     async def _attempt(self, request: LMRequest, call: Call) -> LMResponse:
         probe = self.breaker.check()
-        estimate = _estimate_tokens(request)
+        estimate = _estimate_tokens(request) if self.limiter is not None else 0
         try:
             if self.limiter is not None:
                 await self.limiter.acquire(estimate)
-            async with self._deadline(request.timeout):
-                response = await self._hedged(request, call, estimate)
+            if request.timeout is None and self.policy.hedge_after_s is None:
+                response = await call(request)  # nothing to bound or hedge: the plain call
+            else:
+                async with self._deadline(request.timeout):
+                    response = await self._hedged(request, call, estimate)
         except LMError as e:
             self._failed(e, probe)
             raise

@@ -11,13 +11,19 @@ import asyncio
 import atexit
 import collections
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, TypeVar
 
 from dspex.engines.base import Engine, StepCall
 from dspex.ir.program import LMDecl, Pipeline, Signature
 from dspex.lm.base import LM
+from dspex.runtime.anomaly import AnomalyDetector
 from dspex.runtime.executor import Executor, NodeEvent, ToolRunner, choose_engine, run_tool_here
+from dspex.runtime.resilience import ResilientLM
+from dspex.runtime.routing import Router
+from dspex.runtime.scheduler import AdaptiveScheduler, Route
+from dspex.runtime.telemetry import Telemetry, TelemetryEvent, error_text, from_node_event, from_worker_event, new_run_id
 
 if TYPE_CHECKING:
     from dspex.runtime.sessions import Session
@@ -44,8 +50,8 @@ class Runtime:
         self.workers = workers
         self.concurrency = concurrency or self.config.runtime.concurrency
         self.var_values = dict(vars or {})
-        spec = lm if lm is not None else self.config.lm
-        self._override: LM | None = _as_lm(spec) if spec is not None else None
+        self.telemetry = Telemetry.from_config(self.config, self.config.telemetry.sinks)
+        self._guards: dict[str, ResilientLM] = {}  # every lm endpoint's resilience wrapper, by identity
         self._lms: dict[Any, LM] = {}
         self.cache = None
         if cache:
@@ -60,13 +66,17 @@ class Runtime:
             from dspex.workers.pools import Pools
             from dspex.workers.remote import RemoteDspyEngine, remote_tool_runner
 
-            self.pools = Pools(self.config, workers)
+            self.pools = Pools(self.config, workers, on_event=self._worker_event)
             if "dspy" in self.engines:
                 self.engines["dspy"] = RemoteDspyEngine(self.engines["dspy"], self.pools.get, self.pools.slot_for)
             self._run_tool = remote_tool_runner(self.pools.get, self.pools.slot_for)
-            if self._override is not None:
-                self._override = self._placed(self._override)
+        spec = lm if lm is not None else self.config.lm
+        self._override: LM | None = self._guarded(_as_lm(spec), None) if spec is not None else None
         self._sessions: Any = None
+        self.scheduler = (AdaptiveScheduler.from_config(self.config, seed=self.config.scheduler.seed, warmup=1,
+                                                        pins=_pins(self.config.scheduler.pins))
+                          if self.config.scheduler.adaptive else None)
+        self.router = Router(self.scheduler, AnomalyDetector(), self.telemetry, self._breaker_for, self._slow_down)
         self._loop: asyncio.AbstractEventLoop | None = None  # batches and callers inside a running loop
         self._thread: threading.Thread | None = None
         self._local = threading.local()  # each calling thread's own loop for synchronous calls
@@ -81,22 +91,58 @@ class Runtime:
             if self._override is not None:
                 return self._override
             if "default" not in lms:
-                return self._cached(("spec", DEFAULT_LM), lambda: _as_lm(DEFAULT_LM))
+                return self._cached(("spec", DEFAULT_LM), lambda: self._guarded(_as_lm(DEFAULT_LM), None))
             name = "default"
         decl = lms[name]
 
         def make() -> LM:
             from dspex.lm.spec import lm_from_decl
 
-            return lm_from_decl(decl, lms)
+            return lm_from_decl(decl, lms, self._guarded)
 
         return self._cached(("decl", repr(decl)), make)
 
     def _cached(self, key: Any, make: Any) -> LM:
         with self._lock:
             if key not in self._lms:
-                self._lms[key] = self._placed(make())
+                self._lms[key] = make()
             return self._lms[key]
+
+    def _guarded(self, lm: LM, name: str | None) -> LM:
+        """``lm`` behind its resilience policy (``[resilience.lms.NAME]`` by declared name or identity, else
+        ``[resilience]``): timeouts, retries, a circuit breaker and a rate limiter that every process of this
+        runtime shares (their state lives under ``$DSPEX_HOME/resilience``)."""
+        if isinstance(lm, ResilientLM):
+            return lm
+        lm = self._placed(lm)
+        policies = self.config.resilience_lms
+        policy = policies.get(name or "") or policies.get(lm.identity) or self.config.resilience
+        guard = ResilientLM(lm, policy, shared_dir=self.config.home / "resilience", on_event=self._lm_event)
+        self._guards.setdefault(lm.identity, guard)
+        return guard
+
+    def _breaker_for(self, identity: str) -> Any:
+        guard = self._guards.get(identity)
+        return guard.breaker if guard is not None else None
+
+    def _slow_down(self, subject: str) -> None:
+        """An anomaly suggested less load: slow the lm's rate limiter if it has one, else run fewer at once."""
+        guard = self._guards.get(subject)
+        if guard is not None and guard.limiter is not None:
+            guard.limiter.slow_down()
+        else:
+            self.concurrency = max(1, self.concurrency * 3 // 4)
+
+    def _lm_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Resilience events (retry, breaker, rate_limited, hedge) as telemetry."""
+        error = str(data.get("error", ""))
+        attrs = {k: v for k, v in data.items() if k not in ("lm", "error") and isinstance(v, (str, int, float, bool))}
+        self.telemetry.emit(TelemetryEvent(kind, lm=str(data.get("lm", "")), error=error, attrs=attrs))
+
+    def _worker_event(self, event: Any) -> None:
+        telemetry = from_worker_event(event)
+        if telemetry is not None:
+            self.telemetry.emit(telemetry)
 
     def _placed(self, lm: LM) -> LM:
         """``lm``, or with worker pools on, a proxy to it in the neural pool when it is a local model."""
@@ -107,17 +153,38 @@ class Runtime:
         return RemoteLM(lm, self.pools.get)  # the weights load in a worker, once, not in this process
 
     # -- running ----------------------------------------------------------------------------------
-    def executor(self, on_event: Any = None, session: str | None = None) -> Executor:
+    def executor(self, on_event: Any = None, session: str | None = None, run_id: str = "") -> Executor:
+        telemetry = self.telemetry
+
         def emit(event: NodeEvent) -> None:
             self.events.append(event)
+            for converted in from_node_event(event, run_id, event.call):
+                telemetry.emit(converted)
             if on_event is not None:
                 on_event(event)
 
-        return Executor(self.lm_for, self.engines, self.cache, emit, self.concurrency, self._run_tool, session)
+        return Executor(self.lm_for, self.engines, self.cache, emit, self.concurrency, self._run_tool, session,
+                        self.router)
+
+    async def execute(self, pipeline: Pipeline, inputs: Mapping[str, Any], variables: Mapping[str, Any], *,
+                      session: str | None = None, on_event: Any = None) -> dict[str, Any]:
+        """One run of ``pipeline``, framed by ``run_start`` / ``run_end`` telemetry (what ``arun``, ``stream``,
+        batches and sessions share)."""
+        run_id = new_run_id()
+        self.telemetry.emit(TelemetryEvent("run_start", run_id, pipeline.name))
+        started = time.perf_counter()
+        try:
+            outputs = await self.executor(on_event, session, run_id).run(pipeline, inputs, variables)
+        except BaseException as exc:
+            self.telemetry.emit(TelemetryEvent("run_end", run_id, pipeline.name,
+                                               duration_s=time.perf_counter() - started, error=error_text(exc)))
+            raise
+        self.telemetry.emit(TelemetryEvent("run_end", run_id, pipeline.name, duration_s=time.perf_counter() - started))
+        return outputs
 
     async def arun(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
         """The pipeline's outputs for these inputs; raises ``StepError`` naming the failing node."""
-        return await self.executor().run(pipeline, inputs, self.var_values)
+        return await self.execute(pipeline, inputs, self.var_values)
 
     def session(self, session_id: str) -> "Session":
         """The session ``session_id``: resumed from ``$DSPEX_HOME/sessions.sqlite`` when it exists there. While
@@ -157,7 +224,7 @@ class Runtime:
     async def stream(self, pipeline: Pipeline, /, **inputs: Any) -> AsyncIterator[NodeEvent | dict[str, Any]]:
         """Node events as they happen, then the outputs (a dict) last."""
         queue: asyncio.Queue[NodeEvent] = asyncio.Queue()
-        task = asyncio.ensure_future(self.executor(queue.put_nowait).run(pipeline, inputs, self.var_values))
+        task = asyncio.ensure_future(self.execute(pipeline, inputs, self.var_values, on_event=queue.put_nowait))
         while not task.done() or not queue.empty():
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -208,6 +275,9 @@ class Runtime:
             self.pools.close()
         if self._sessions is not None:
             self._sessions.close()
+        if self.scheduler is not None:
+            self.scheduler.save()
+        self.telemetry.close()
         lms = list(self._lms.values()) + ([self._override] if self._override is not None else [])
         for loop in self._thread_loops:
             for lm in lms:
@@ -231,6 +301,11 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pins(pins: Mapping[str, str]) -> dict[str, Route]:
+    """``[scheduler] pins`` (``"pipeline.node"`` or ``"*"`` -> ``"engine/lm"``) as the scheduler's routes."""
+    return {node: tuple(route.split("/", 1)) for node, route in pins.items()}  # type: ignore[misc]
 
 
 def _as_lm(spec: str | LM) -> LM:

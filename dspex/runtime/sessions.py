@@ -126,7 +126,7 @@ class Session:
     async def arun(self, pipeline: Pipeline, /, **inputs: Any) -> dict[str, Any]:
         inputs = self._with_history({f.name for f in pipeline.inputs}, inputs)
         variables = {**self.runtime.var_values, **self.vars}
-        outputs = await self.runtime.executor(session=self.id).run(pipeline, inputs, variables)
+        outputs = await self.runtime.execute(pipeline, inputs, variables, session=self.id)
         self._turn(pipeline.name, inputs, outputs)
         return outputs
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import itertools
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ __all__ = ["TelemetryEvent", "Telemetry", "Sink", "RingSink", "JsonlSink", "Otel
 log = logging.getLogger("dspex.telemetry")
 
 KINDS: Final = frozenset({"run_start", "run_end", "node_start", "node_end", "node_error", "retry", "cache_hit",
-                          "validation_failure", "worker_exit", "breaker", "adaptation", "anomaly"})
+                          "validation_failure", "worker_exit", "breaker", "adaptation", "anomaly", "rate_limited", "hedge"})
 SINKS: Final = ("ring", "jsonl", "otel", "prometheus")
 TELEMETRY_FILE = "telemetry.jsonl"
 ROTATED_FILE = "telemetry.1.jsonl"
@@ -118,13 +119,13 @@ def _short_error(text: str) -> str:
 
 # -- events -------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a setattr call per field, on the hot path
 class TelemetryEvent:
     """One thing that happened. ``kind`` is one of ``KINDS``; ``at`` is epoch seconds; ``lm`` an lm's identity
     (a name and endpoint, never a key); ``error`` a short ``"Type: message"``, scrubbed on construction;
     ``attrs`` a few scalars by kind: ``call`` (pairs a node's start and end under ``map``), ``attempt``,
     ``delay_s``, ``state`` (breaker: closed, half_open, open), ``pool``/``cause`` (worker exits), ``route``,
-    ``reason``. Events carry no inputs or outputs. Treat ``attrs`` as frozen once emitted."""
+    ``reason``. Events carry no inputs or outputs. Treat an event as frozen once emitted."""
 
     kind: str
     run_id: str = ""
@@ -143,11 +144,11 @@ class TelemetryEvent:
         if self.kind not in KINDS:
             raise ValueError(f"unknown telemetry event kind {self.kind!r}; expected one of {', '.join(sorted(KINDS))}")
         if self.error:
-            object.__setattr__(self, "error", _short_error(self.error))
+            self.error = _short_error(self.error)
         if self.attrs:
             for value in self.attrs.values():
                 if isinstance(value, str) and len(value) >= _SHORTEST_SECRET_TEXT:  # cause, reason: free text
-                    object.__setattr__(self, "attrs", {k: _clean_attr(v) for k, v in self.attrs.items()})
+                    self.attrs = {k: _clean_attr(v) for k, v in self.attrs.items()}
                     break
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,9 +202,13 @@ def _number(data: Mapping[str, Any], name: str, kind: type[int | float]) -> Any:
     return kind(value)
 
 
+_RUN_IDS = itertools.count(1)
+_RUN_PREFIX = os.urandom(4).hex()  # per import; with the pid, unique across processes (a fork shares the prefix)
+
+
 def new_run_id() -> str:
-    """A fresh run id: 16 hex digits, unique enough to pair a run's events across processes."""
-    return os.urandom(8).hex()
+    """A fresh run id, unique across processes, without a system call per run: ``prefix-pid-counter``."""
+    return f"{_RUN_PREFIX}-{os.getpid():x}-{next(_RUN_IDS):x}"
 
 
 def from_node_event(event: Any, run_id: str = "", call: int | None = None) -> list[TelemetryEvent]:
@@ -355,6 +360,9 @@ _BATCH_BYTES = 1 << 20
 _LINGER_S = 0.02
 
 
+_UNWRITTEN = frozenset({"run_start", "node_start"})
+
+
 class JsonlSink:
     """Appends each event as one JSON line to ``path`` (created 0600), from a background thread.
 
@@ -363,7 +371,8 @@ class JsonlSink:
     ``max_bytes`` the file is renamed to ``telemetry.1.jsonl`` (replacing the previous one) and a new one
     started; writers in other processes notice the rename and reopen. With more than ``max_pending`` events
     queued (a stalled disk) new ones are dropped and counted in ``dropped``. Disk errors are logged once and
-    the batch dropped: the run goes on."""
+    the batch dropped: the run goes on. Start events are not written: every end event carries its duration,
+    so the file loses nothing ``dspexc stats`` needs and writes (and encodes, the main cost) half as much."""
 
     def __init__(self, path: str | Path, max_bytes: int = 64 << 20, max_pending: int = 100_000) -> None:
         self.path = Path(path)
@@ -380,6 +389,8 @@ class JsonlSink:
         atexit.register(self.close)  # a daemon thread dies at exit: write what is queued first
 
     def write(self, event: TelemetryEvent) -> None:
+        if event.kind in _UNWRITTEN:
+            return
         if self._closed or self._queue.qsize() >= self.max_pending:
             self.dropped += 1
             return
@@ -515,12 +526,18 @@ def _rotated_name(path: Path) -> str:
     return f"{path.stem}.1{path.suffix}"
 
 
+_NO_OP_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider"})
+
+
 class OtelSink:
     """OpenTelemetry spans: one per run (``dspex.run <pipeline>``) with a child per node call (``dspex.node
     <node>``) carrying engine, lm, tokens and an error status; retries, cache hits, validation failures and the
     like become span events on the node's span (else the run's). Starts and ends of one node pair by
     ``attrs["call"]`` when given, else first in, first out. Spans use the events' own times. Spans never
-    ended (a run that died) are ended when more than ``max_open`` runs are open, or at ``close``."""
+    ended (a run that died) are ended when more than ``max_open`` runs are open, or at ``close``. Without a
+    ``tracer`` or ``provider``, spans go to the global provider, and nothing is done while that is still
+    OpenTelemetry's default no-op (the application has not configured an SDK): a no-op span costs as much to
+    make as a real one."""
 
     def __init__(self, tracer: Tracer | None = None, *, provider: TracerProvider | None = None,
                  max_open: int = 10_000) -> None:
@@ -529,6 +546,8 @@ class OtelSink:
         from dspex import __version__
 
         self._trace = trace
+        self._global = tracer is None and provider is None
+        self._live = not self._global
         self._tracer = tracer or trace.get_tracer("dspex", __version__, tracer_provider=provider)
         self._runs: dict[str, _OpenRun] = {}
         self._lock = threading.Lock()
@@ -536,6 +555,11 @@ class OtelSink:
 
     def write(self, event: TelemetryEvent) -> None:
         kind = event.kind
+        if self._global:
+            if kind == "run_start":  # looked up once per run (it reads the environment each time)
+                self._live = type(self._trace.get_tracer_provider()).__name__ not in _NO_OP_PROVIDERS
+            if not self._live:
+                return
         with self._lock:
             if kind == "run_start":
                 self._start_run(event)

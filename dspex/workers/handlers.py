@@ -51,12 +51,16 @@ class WorkerState:
         return engine
 
     def lm(self, spec: dict[str, Any]) -> LM:
-        key = repr(sorted(spec["args"].items())) + spec["provider"]
+        """The LM a ``worker_spec`` describes, built once; with the parent's resilience wrapper when it had one
+        (sharing its circuit breaker and rate limiter through their files under DSPEX_HOME)."""
+        key = repr(sorted(spec["args"].items())) + spec["provider"] + repr(spec.get("resilience"))
         lm = self._lms.get(key)
         if lm is None:
             from dspex.lm.spec import build_lm
+            from dspex.runtime.resilience import wrap_from_spec
 
-            lm = self._lms[key] = build_lm(spec["provider"], {k: v for k, v in spec["args"].items() if v is not None})
+            inner = build_lm(spec["provider"], {k: v for k, v in spec["args"].items() if v is not None})
+            lm = self._lms[key] = wrap_from_spec(inner, spec)
         return lm
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ class Pools:
             from dspex.workers.ray_pool import RayPool
 
             return RayPool(name, size, memory_mb=spec.memory_mb, gpu=spec.gpu, address=self.config.runtime.address,
-                           max_requests=spec.max_requests)
+                           max_requests=spec.max_requests, on_event=self.on_event)
         return WorkerPool(name, size, memory_mb=spec.memory_mb, max_requests=spec.max_requests,
                           on_event=self.on_event, **self.pool_options)
 

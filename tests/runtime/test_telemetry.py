@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import stat
 import subprocess
@@ -80,7 +81,7 @@ def test_non_scalar_attrs_become_strings() -> None:
 
 def test_run_ids_are_fresh() -> None:
     ids = {new_run_id() for _ in range(100)}
-    assert len(ids) == 100 and all(len(i) == 16 for i in ids)
+    assert len(ids) == 100 and all(i.split("-")[1] == f"{os.getpid():x}" for i in ids)
 
 
 # -- scrubbing ----------------------------------------------------------------------------------------------------
@@ -198,11 +199,13 @@ def test_ring_sink_filters_and_bounds() -> None:
 
 
 def test_from_config_picks_available_sinks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DSPEX_HOME")  # the file's home, not the suite's private one
     config = load_config({"home": str(tmp_path / "home")})
     with Telemetry.from_config(config) as telemetry:
         kinds = [type(s) for s in telemetry.sinks]
         assert kinds == [RingSink, JsonlSink, OtelSink, PrometheusSink]
-        telemetry.emit(ev("run_start"))
+        telemetry.emit(ev("run_start"))  # not written: the run_end has its duration
+        telemetry.emit(ev("run_end", duration_s=1.0))
     assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
     assert (tmp_path / "home" / TELEMETRY_FILE).read_text().count("\n") == 1
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
@@ -243,7 +246,7 @@ def test_jsonl_writes_private_whole_lines(jsonl: JsonlSink) -> None:
 def test_jsonl_close_drains_the_queue(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path / TELEMETRY_FILE)
     for i in range(2000):
-        sink.write(ev("node_start", "n", at=float(i)))
+        sink.write(ev("node_end", "n", at=float(i)))
     sink.close()
     sink.close()  # idempotent
     assert len(lines(sink.path)) == 2000 and sink.flush() is True
@@ -251,7 +254,7 @@ def test_jsonl_close_drains_the_queue(tmp_path: Path) -> None:
 
 def test_jsonl_bounds_its_queue(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path / TELEMETRY_FILE, max_pending=0)
-    sink.write(ev("node_start"))
+    sink.write(ev("node_end"))
     sink.close()
     assert sink.dropped == 1 and not sink.path.exists()
 
@@ -273,13 +276,13 @@ def test_jsonl_writer_follows_a_rotation_by_another_writer(tmp_path: Path) -> No
     path = tmp_path / TELEMETRY_FILE
     other, mine = JsonlSink(path, max_bytes=500), JsonlSink(path, max_bytes=10**9)
     try:
-        mine.write(ev("node_start", at=1.0))
+        mine.write(ev("node_end", at=1.0))
         mine.flush(5)
         for i in range(10):  # pushes the shared file past 500 bytes: ``other`` renames it aside
             other.write(ev("node_end", at=2.0 + i))
         other.flush(5)
         assert (tmp_path / ROTATED_FILE).exists()
-        mine.write(ev("node_start", at=100.0))
+        mine.write(ev("node_end", at=100.0))
         mine.flush(5)
     finally:
         other.close()
@@ -291,7 +294,7 @@ def test_jsonl_write_failures_are_logged_once_and_dropped(tmp_path: Path, caplog
     sink = JsonlSink(tmp_path / "missing" / TELEMETRY_FILE)
     with caplog.at_level(logging.WARNING, logger="dspex.telemetry"):
         for i in range(3):
-            sink.write(ev("node_start", at=float(i)))
+            sink.write(ev("node_end", at=float(i)))
             sink.flush(5)
         sink.close()
     assert sink.dropped == 3 and sink.written == 0
