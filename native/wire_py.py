@@ -227,6 +227,13 @@ class _Segment:
             self._mmap.close()
 
 
+def attach_segment(name: str) -> _Segment:
+    """The segment ``name`` another process created, mapped as ``Ring.attach`` maps a ring: untracked, so that
+    neither this process's exit nor its resource tracker unlinks it (``buf``; ``close(unlink=False)``). For other
+    shared blocks than rings (a worker's heartbeat): not part of the twins' API, so not in ``__all__``."""
+    return _Segment(name, 0, create=False)
+
+
 def _base_address(buf: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))  # the temporary view is released on return
 

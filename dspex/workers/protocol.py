@@ -8,16 +8,18 @@ shared status block (``Status``), which the supervisor reads to tell a busy work
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import struct
 import time
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Callable
 
 from dspex.engines.base import ValidationError
 from dspex.errors import DSPexError, WorkerTaskError
 from dspex.lm.base import LMError
+from dspex.native.wire_py import attach_segment  # (the one helper both wire twins share)
 
 __all__ = ["Status", "encode_error", "decode_error", "classify_exit", "EXIT_OUT_OF_MEMORY", "rss_mb"]
 
@@ -27,31 +29,33 @@ _STATUS = struct.Struct("<qqq")  # heartbeat (monotonic ns), pid, requests serve
 
 
 class Status:
-    """A worker's heartbeat block in shared memory: the worker writes, the supervisor reads."""
+    """A worker's heartbeat block in shared memory: the worker writes, the supervisor reads.
+
+    The pool creates it (and unlinks it on ``close``); a worker attaches it without the resource tracker, as it
+    attaches its rings: a tracker would unlink the block when the worker exits (CPython gh-82300), and a forked
+    worker would start a tracker process of its own just to say so."""
 
     SIZE = _STATUS.size
 
-    def __init__(self, shm: shared_memory.SharedMemory, owner: bool):
-        self._shm, self._owner = shm, owner
-        self._buf: memoryview = shm.buf  # type: ignore[assignment]  # None only once closed
-        self.name = shm.name
+    def __init__(self, name: str, buf: memoryview, close: Callable[[], None]):
+        self.name, self._buf, self._close = name, buf, close
 
     @classmethod
     def create(cls) -> "Status":
-        status = cls(shared_memory.SharedMemory(create=True, size=cls.SIZE), owner=True)
+        shm = shared_memory.SharedMemory(create=True, size=cls.SIZE)
+
+        def close() -> None:
+            shm.close()
+            shm.unlink()
+
+        status = cls(shm.name, shm.buf, close)  # type: ignore[arg-type]  # typeshed: None once closed
         status.beat(0, 0)
         return status
 
     @classmethod
     def attach(cls, name: str) -> "Status":
-        shm = shared_memory.SharedMemory(name=name)
-        try:  # only the creator may unlink it (CPython gh-82300: attaching also registers it for cleanup)
-            from multiprocessing import resource_tracker
-
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        except Exception:  # pragma: no cover - the tracker's private API moved
-            pass
-        return cls(shm, owner=False)
+        segment = attach_segment(name)
+        return cls(name, segment.buf, functools.partial(segment.close, unlink=False))
 
     def beat(self, pid: int, requests: int) -> None:
         _STATUS.pack_into(self._buf, 0, time.monotonic_ns(), pid, requests)
@@ -62,10 +66,7 @@ class Status:
         return (time.monotonic_ns() - at) / 1e9, pid, requests
 
     def close(self) -> None:
-        self._buf.release()
-        self._shm.close()
-        if self._owner:
-            self._shm.unlink()
+        self._close()
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:

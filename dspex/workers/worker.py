@@ -4,7 +4,8 @@ It attaches the two rings its pool created (requests in, responses out) and its 
 ``{"ready": pid}``, then serves requests one at a time until the request ring is closed. It never outlives
 its parent: on Linux the kernel kills it when the parent dies (``PR_SET_PDEATHSIG``), and everywhere a
 heartbeat thread that finds a new parent pid exits the process. A ``MemoryError`` ends it with
-``EXIT_OUT_OF_MEMORY`` so the pool can name the cause.
+``EXIT_OUT_OF_MEMORY`` so the pool can name the cause. A pool usually forks its workers from its zygote
+(``dspex.workers.zygote``), which runs ``main`` in the child; this command line is the fallback.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from dspex.native import Ring
 from dspex.workers.handlers import WorkerState
 from dspex.workers.protocol import EXIT_OUT_OF_MEMORY, Status, encode_error, rss_mb
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies (Linux), and exit now if it is already gone."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -59,7 +61,12 @@ def serve(requests: Ring, responses: Ring, state: WorkerState, served: list[int]
             message = {"id": request["id"], "ok": False, "error": encode_error(e)}
         served[0] += 1
         message["rss_mb"] = rss_mb()
-        responses.put(message)
+        try:
+            responses.put(message)
+        except Exception as e:  # noqa: BLE001 - a result msgpack cannot carry (a lock) or too big for the ring is
+            # the caller's error, not the end of this worker; a closed ring raises BrokenPipeError again here,
+            # and that does end it
+            responses.put({"id": request["id"], "ok": False, "error": encode_error(e), "rss_mb": message["rss_mb"]})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--heartbeat", type=float, default=0.2)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which shuts workers down in order
     requests, responses, status = Ring.attach(args.req), Ring.attach(args.resp), Status.attach(args.status)
     served, stop = [0], threading.Event()

@@ -109,6 +109,31 @@ def test_a_request_that_always_crashes_fails_with_the_cause(pool: WorkerPool) ->
     assert wait_until(lambda: full(pool))
 
 
+def call_target(pool: WorkerPool, target: str, **args: Any) -> Any:
+    """Run any importable callable as a tool (``module:function``)."""
+    decl = ToolDecl(target.rpartition(":")[2], (), ANY, target)
+    return pool.call("tool", {"tool": encode_tool(decl), "args": args}, timeout=60)
+
+
+def test_a_worker_that_closes_its_rings_on_the_way_out_is_a_crash(pool: WorkerPool) -> None:
+    # SystemExit leaves the worker through its cleanup, which closes the response ring: its caller, waiting on
+    # that ring, gets EOFError, and that is the worker's death, not an error of the call
+    with pytest.raises(WorkerCrashedError, match="lost 4 workers; the last one ended: error") as info:
+        call_target(pool, "builtins:exit", code=7)
+    assert info.value.exitcode == 7
+    assert [(e.cause, e.exitcode) for e in pool.events if e.kind == "exit"] == [("error", 7)] * 4
+    assert wait_until(lambda: full(pool))
+
+
+def test_a_result_that_cannot_be_sent_is_an_error_and_the_worker_stays(pool: WorkerPool) -> None:
+    before = set(pool.pids)
+    with pytest.raises(WorkerTaskError, match="TypeError") as info:
+        call_target(pool, "threading:Lock")  # a lock: msgpack cannot pack it
+    assert info.value.type == "TypeError"
+    assert set(pool.pids) == before and not [e for e in pool.events if e.kind == "exit"]
+    assert tool(pool, "add", a=1, b=2) == 3
+
+
 def test_out_of_memory_is_named(pool: WorkerPool) -> None:
     with pytest.raises(WorkerCrashedError) as info:
         tool(pool, "out_of_memory")
