@@ -28,10 +28,6 @@ recycle is a ``WorkerEvent``, kept in ``events`` and passed to ``on_event``.
 """
 from __future__ import annotations
 
-import asyncio
-import collections
-import functools
-import itertools
 import logging
 import os
 import queue
@@ -40,13 +36,14 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from dspex.errors import WorkerCrashedError, WorkerError
+from dspex.errors import WorkerError
 from dspex.native import Ring
-from dspex.workers.protocol import Status, classify_exit, decode_error
+from dspex.workers.protocol import Status, classify_exit
+from dspex.workers.slots import Lost, SlotPool, WorkerEvent
 from dspex.workers.zygote import Zygote
 
 __all__ = ["WorkerPool", "WorkerEvent", "DEFAULT_PRELOAD"]
@@ -78,19 +75,6 @@ class _Process(Protocol):
     def send_signal(self, sig: int) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerEvent:
-    """``kind``: start, exit or recycle; ``cause`` for an exit (see ``classify_exit``) or a recycle."""
-
-    kind: str
-    pool: str
-    slot: int
-    pid: int
-    cause: str = ""
-    exitcode: int | None = None
-    at: float = field(default_factory=time.time)
-
-
 @dataclass(eq=False)
 class _Worker:
     slot: int
@@ -105,6 +89,10 @@ class _Worker:
     retired: bool = False  # replaced or being replaced: no new request goes to it
     reported: bool = False  # its exit event has been emitted
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def release(self) -> None:
         for part in (self.requests, self.responses, self.status):
             try:
@@ -113,14 +101,7 @@ class _Worker:
                 pass
 
 
-class _Lost(Exception):
-    """The worker serving a request died before answering."""
-
-    def __init__(self, worker: _Worker, cause: str):
-        self.worker, self.cause = worker, cause
-
-
-class WorkerPool:
+class WorkerPool(SlotPool[_Worker]):
     """``size`` supervised worker processes named ``name``; ``call`` / ``acall`` run one operation on one.
 
     ``preload``: what the zygote imports once for every worker, as ``module`` or ``module:function`` (called
@@ -130,29 +111,18 @@ class WorkerPool:
                  hang_s: float = 30.0, heartbeat_s: float = 0.2, start_timeout_s: float = 60.0,
                  grace_s: float = 5.0, max_reruns: int = 3, ring_bytes: int = 1 << 20,
                  preload: Sequence[str] | None = None, on_event: Callable[[WorkerEvent], None] | None = None):
-        if size < 1:
-            raise ValueError(f"pool {name!r}: size must be at least 1, not {size}")
-        self.name, self.size = name, size
-        self.memory_mb, self.max_requests = memory_mb, max_requests
+        super().__init__(name, size, memory_mb=memory_mb, max_requests=max_requests, max_reruns=max_reruns,
+                         on_event=on_event)
         self.hang_s, self.heartbeat_s = hang_s, heartbeat_s
-        self.start_timeout_s, self.grace_s, self.max_reruns = start_timeout_s, grace_s, max_reruns
+        self.start_timeout_s, self.grace_s = start_timeout_s, grace_s
         self.ring_bytes = ring_bytes
         self.preload = tuple(DEFAULT_PRELOAD.get(name, ()) if preload is None else preload)
-        self.on_event = on_event
-        self.events: collections.deque[WorkerEvent] = collections.deque(maxlen=10_000)
-        self._workers: dict[int, _Worker] = {}
-        self._idle: set[int] = set()
-        self._cond = threading.Condition()
-        self._ids = itertools.count(1)
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._closed = False
         # Only the supervisor thread touches these (and ``close``, once it has joined that thread).
         self._zygote: Zygote | None = None
         self._forking = hasattr(os, "fork")  # False once the zygote failed to start: fresh interpreters from then on
         self._starting: list[_Worker] = []
         self._stopping: list[_Worker] = []
         self._respawns: list[tuple[float, int, int]] = []  # (not before, slot, generation) of failed starts
-        self._threads = ThreadPoolExecutor(max_workers=size * 2 + 2, thread_name_prefix=f"dspex-{name}-call")
         self._supervisor = threading.Thread(target=self._supervise, name=f"dspex-{name}-supervisor", daemon=True)
         started: Future[None] = Future()
         self._jobs.put(lambda: self._start_all(started))
@@ -164,120 +134,40 @@ class WorkerPool:
             raise
 
     # -- calling --------------------------------------------------------------------------------------
-    def call(self, op: str, args: dict[str, Any] | None = None, *, slot: int | None = None,
-             timeout: float | None = None) -> Any:
-        """The result of ``op`` run on an idle worker (on ``slot``'s worker when given); the error it raised
-        there, re-raised here (``ValidationError``, ``LMError``, else ``WorkerTaskError``); or
-        ``WorkerCrashedError`` once the request has lost ``max_reruns + 1`` workers."""
-        request = {"id": next(self._ids), "op": op, "args": args or {}}
-        for attempt in itertools.count():
-            worker = self._acquire(slot, timeout)
-            try:
-                response = self._exchange(worker, request, timeout)
-            except _Lost as lost:
-                self._retire(lost.worker, lost.cause)
-                if attempt >= self.max_reruns:
-                    raise WorkerCrashedError(
-                        f"pool {self.name!r}: request {op!r} lost {attempt + 1} workers; the last one ended: "
-                        f"{lost.cause} (exit code {lost.worker.proc.returncode})", lost.cause,
-                        lost.worker.proc.returncode) from None
-                continue
-            except BaseException:
-                self._release(worker)  # nothing was lost: the request never left, or its answer is moot
-                raise
-            self._settle(worker, response)
-            if response["ok"]:
-                return response["result"]
-            raise decode_error(response["error"])
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def acall(self, op: str, args: dict[str, Any] | None = None, *, slot: int | None = None,
-                    timeout: float | None = None) -> Any:
-        """``call`` for a coroutine: the wait happens on one of the pool's calling threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(self.call, op, args, slot=slot,
-                                                                            timeout=timeout))
-
-    def generation(self, slot: int) -> int:
-        """How many workers ``slot`` has had: a session sees its worker was replaced when this changes."""
-        with self._cond:
-            worker = self._workers.get(slot)
-            return worker.generation if worker is not None else -1
-
-    @property
-    def pids(self) -> list[int]:
-        with self._cond:
-            return [w.proc.pid for w in self._workers.values() if not w.retired]
-
-    def _acquire(self, slot: int | None, timeout: float | None) -> _Worker:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise WorkerError(f"pool {self.name!r} is closed")
-                if slot is None and self._idle:
-                    chosen = self._idle.pop()
-                    return self._workers[chosen]
-                if slot is not None and slot in self._idle:
-                    self._idle.discard(slot)
-                    return self._workers[slot]
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"pool {self.name!r}: no idle worker within {timeout:g} s")
-                self._cond.wait(left)
+    def _exitcode(self, worker: _Worker) -> int | None:
+        return worker.proc.returncode
 
     def _exchange(self, worker: _Worker, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             worker.requests.put(request)
         except BrokenPipeError:
-            raise _Lost(worker, "error") from None
+            raise Lost(worker, "error") from None
         while True:
             try:
                 response: dict[str, Any] = worker.responses.get(timeout=_POLL_S)
             except EOFError:  # it closed its ring on its way out (a frame already there would have come first)
-                raise _Lost(worker, classify_exit(self._reap(worker), worker.hung)) from None
+                raise Lost(worker, classify_exit(self._reap(worker), worker.hung)) from None
             except TimeoutError:
                 if worker.proc.poll() is not None or worker.hung:
                     try:  # it may have answered just before it died: that answer counts, once
                         response = worker.responses.get(timeout=0)
                     except (TimeoutError, EOFError):
-                        raise _Lost(worker, classify_exit(self._reap(worker), worker.hung)) from None
+                        raise Lost(worker, classify_exit(self._reap(worker), worker.hung)) from None
                 elif deadline is not None and time.monotonic() > deadline:
                     worker.hung = True  # it may be stuck: a fresh worker is cheaper than a doubt
                     self._kill(worker)
-                    raise _Lost(worker, "hung") from None
+                    raise Lost(worker, "hung") from None
                 else:
                     continue
             if response.get("id") == request["id"]:
                 return response
 
-    def _settle(self, worker: _Worker, response: dict[str, Any]) -> None:
-        """Back to idle, or recycled when it grew past ``memory_mb`` or served ``max_requests``."""
-        worker.served += 1
-        rss = float(response.get("rss_mb") or 0.0)
-        cause = ("memory" if rss > self.memory_mb else
-                 "max_requests" if self.max_requests and worker.served >= self.max_requests else "")
-        if cause:
-            self._emit(WorkerEvent("recycle", self.name, worker.slot, worker.proc.pid, cause))
-            self._retire(worker, "", graceful=True)
-        else:
-            self._release(worker)
-
-    def _release(self, worker: _Worker) -> None:
-        with self._cond:
-            if not worker.retired:
-                self._idle.add(worker.slot)
-                self._cond.notify_all()
-
     # -- supervision ----------------------------------------------------------------------------------
     def _retire(self, worker: _Worker, cause: str, graceful: bool = False) -> None:
         """Take ``worker`` out of service and have the supervisor replace it in its slot."""
-        with self._cond:
-            if worker.retired:
-                return
-            worker.retired = True
-            self._idle.discard(worker.slot)
+        if not self._take_out(worker):
+            return
         if not graceful and worker.proc.poll() is not None:  # already gone: its exit is recorded before the
             self._report_exit(worker, cause)                # caller re-runs the request, not some time later
         self._jobs.put(lambda: self._replace(worker, cause, graceful))
@@ -467,11 +357,6 @@ class WorkerPool:
             except ProcessLookupError:  # pragma: no cover - it exited in between
                 pass
 
-    def _emit(self, event: WorkerEvent) -> None:
-        self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
-
     # -- shutdown -------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop every worker (gracefully, then by force after ``grace_s``), then the zygote; idempotent."""
@@ -506,9 +391,3 @@ class WorkerPool:
             worker.release()
         if self._zygote is not None:
             self._zygote.close(self.grace_s)
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

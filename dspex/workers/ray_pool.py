@@ -26,28 +26,22 @@ worker logs not forwarded), ``"auto"`` or ``"ray://host:port"`` connects to a cl
 """
 from __future__ import annotations
 
-import asyncio
-import collections
-import functools
-import itertools
 import os
-import queue
 import re
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
 import ray.exceptions
 
-from dspex.errors import WorkerCrashedError, WorkerError
+from dspex.errors import WorkerError
 from dspex.native import pack_frame, unpack_frame
 from dspex.workers.handlers import WorkerState
-from dspex.workers.pool import WorkerEvent
-from dspex.workers.protocol import decode_error, encode_error, rss_mb
+from dspex.workers.slots import Lost, SlotPool, WorkerEvent
+from dspex.workers.protocol import encode_error, rss_mb
 
 __all__ = ["RayPool", "WorkerEvent", "classify_ray_error"]
 
@@ -145,39 +139,21 @@ class _Worker:
     retired: bool = False  # replaced or being replaced: no new request goes to it
 
 
-class _Lost(Exception):
-    """The actor serving a request died (or must not serve again) before answering."""
-
-    def __init__(self, worker: _Worker, cause: str):
-        self.worker, self.cause = worker, cause
-
-
-class RayPool:
+class RayPool(SlotPool[_Worker]):
     """``size`` Ray actors named ``name``; ``call`` / ``acall`` run one operation on one (see the module doc)."""
 
     def __init__(self, name: str = "general", size: int = 2, *, memory_mb: int = 512, gpu: bool = False,
                  address: str | None = None, max_requests: int = 0, max_reruns: int = 3,
                  start_timeout_s: float = 120.0, grace_s: float = 5.0,
                  on_event: Callable[[WorkerEvent], None] | None = None):
-        if size < 1:
-            raise ValueError(f"pool {name!r}: size must be at least 1, not {size}")
-        self.name, self.size = name, size
-        self.memory_mb, self.gpu, self.address = memory_mb, gpu, address
-        self.max_requests, self.max_reruns = max_requests, max_reruns
+        super().__init__(name, size, memory_mb=memory_mb, max_requests=max_requests, max_reruns=max_reruns,
+                         on_event=on_event)
+        self.gpu, self.address = gpu, address
         self.start_timeout_s, self.grace_s = start_timeout_s, grace_s
-        self.on_event = on_event
-        self.events: collections.deque[WorkerEvent] = collections.deque(maxlen=10_000)
-        self._workers: dict[int, _Worker] = {}
-        self._idle: set[int] = set()
-        self._cond = threading.Condition()
-        self._ids = itertools.count(1)
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._closed = False
         self._owns_ray = _use_ray(address)
         self._options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 1 if gpu else 0, "max_restarts": 0,
                                          "max_task_retries": 0, "max_concurrency": 1}
         self._paths = [p for p in sys.path if p]
-        self._threads = ThreadPoolExecutor(max_workers=size * 2 + 2, thread_name_prefix=f"dspex-{name}-call")
         self._supervisor = threading.Thread(target=self._supervise, name=f"dspex-{name}-ray-supervisor", daemon=True)
         try:
             workers = self._start([(slot, 0) for slot in range(size)])
@@ -192,108 +168,29 @@ class RayPool:
             self._enlist(worker)
 
     # -- calling --------------------------------------------------------------------------------------
-    def call(self, op: str, args: dict[str, Any] | None = None, *, slot: int | None = None,
-             timeout: float | None = None) -> Any:
-        """The result of ``op`` run on an idle actor (on ``slot``'s actor when given); the error it raised
-        there, re-raised here (``ValidationError``, ``LMError``, else ``WorkerTaskError``); or
-        ``WorkerCrashedError`` once the request has lost ``max_reruns + 1`` actors."""
-        frame = pack_frame({"id": next(self._ids), "op": op, "args": args or {}})
-        for attempt in itertools.count():
-            worker = self._acquire(slot, timeout)
-            try:
-                response = self._exchange(worker, frame, timeout)
-            except _Lost as lost:
-                self._retire(lost.worker, lost.cause)
-                if attempt >= self.max_reruns:
-                    raise WorkerCrashedError(
-                        f"pool {self.name!r}: request {op!r} lost {attempt + 1} workers; the last one ended: "
-                        f"{lost.cause}", lost.cause, None) from None
-                continue
-            except BaseException:
-                self._release(worker)  # nothing was lost: the request never left, or its answer is moot
-                raise
-            self._settle(worker, response)
-            if response["ok"]:
-                return response["result"]
-            raise decode_error(response["error"])
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def acall(self, op: str, args: dict[str, Any] | None = None, *, slot: int | None = None,
-                    timeout: float | None = None) -> Any:
-        """``call`` for a coroutine: the wait happens on one of the pool's calling threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(self.call, op, args, slot=slot,
-                                                                            timeout=timeout))
-
-    def generation(self, slot: int) -> int:
-        """How many actors ``slot`` has had before this one: a session sees its worker was replaced."""
-        with self._cond:
-            worker = self._workers.get(slot)
-            return worker.generation if worker is not None else -1
-
-    @property
-    def pids(self) -> list[int]:
-        """The process ids of the actors in service (on their own nodes)."""
-        with self._cond:
-            return [w.pid for w in self._workers.values() if not w.retired]
-
-    def _acquire(self, slot: int | None, timeout: float | None) -> _Worker:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise WorkerError(f"pool {self.name!r} is closed")
-                if slot is None and self._idle:
-                    return self._workers[self._idle.pop()]
-                if slot is not None and slot in self._idle:
-                    self._idle.discard(slot)
-                    return self._workers[slot]
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"pool {self.name!r}: no idle worker within {timeout:g} s")
-                self._cond.wait(left)
+    def _prepare(self, request: dict[str, Any]) -> bytes:
+        return pack_frame(request)  # our data crosses as msgpack: Ray only moves the bytes
 
     def _exchange(self, worker: _Worker, frame: bytes, timeout: float | None) -> dict[str, Any]:
         ref = worker.handle.serve.remote(frame)
         try:
             data = ray.get(ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise _Lost(worker, "hung") from None  # it may be stuck: a fresh actor is cheaper than a doubt
+            raise Lost(worker, "hung") from None  # it may be stuck: a fresh actor is cheaper than a doubt
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.OutOfMemoryError) as e:
-            raise _Lost(worker, classify_ray_error(e)) from None
+            raise Lost(worker, classify_ray_error(e)) from None
         response: dict[str, Any] = unpack_frame(data)[0]
         if _LOST in response:
-            raise _Lost(worker, str(response[_LOST]))
+            raise Lost(worker, str(response[_LOST]))
         return response
-
-    def _settle(self, worker: _Worker, response: dict[str, Any]) -> None:
-        """Back to idle, or recycled when it grew past ``memory_mb`` or served ``max_requests``."""
-        worker.served += 1
-        rss = float(response.get("rss_mb") or 0.0)
-        cause = ("memory" if rss > self.memory_mb else
-                 "max_requests" if self.max_requests and worker.served >= self.max_requests else "")
-        if cause:
-            self._emit(WorkerEvent("recycle", self.name, worker.slot, worker.pid, cause))
-            self._retire(worker, "", graceful=True)
-        else:
-            self._release(worker)
-
-    def _release(self, worker: _Worker) -> None:
-        with self._cond:
-            if not worker.retired:
-                self._idle.add(worker.slot)
-                self._cond.notify_all()
 
     # -- supervision ----------------------------------------------------------------------------------
     def _retire(self, worker: _Worker, cause: str, graceful: bool = False) -> None:
         """Take ``worker`` out of service and have the supervisor replace it in its slot. A lost actor's exit
         is recorded here, before its request runs again."""
-        with self._cond:
-            if worker.retired:
-                return
-            worker.retired = True
-            self._idle.discard(worker.slot)
+        if not self._take_out(worker):
+            return
         if not graceful:
             self._emit(WorkerEvent("exit", self.name, worker.slot, worker.pid, cause or "killed"))
         self._jobs.put(lambda: self._replace(worker, graceful))
@@ -363,11 +260,6 @@ class RayPool:
         except Exception:  # noqa: BLE001 - already dead, or Ray is gone
             pass
 
-    def _emit(self, event: WorkerEvent) -> None:
-        self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
-
     # -- shutdown -------------------------------------------------------------------------------------
     def close(self) -> None:
         """Kill every actor of the pool (a request in flight fails with ``WorkerError``); shut Ray down when
@@ -385,9 +277,3 @@ class RayPool:
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._owns_ray:
             _release_ray()
-
-    def __enter__(self) -> "RayPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
