@@ -30,6 +30,7 @@ from dspex.lm.openai import OpenAILM
 from dspex.runtime.runtime import Runtime
 from dspex.workers.pool import WorkerPool
 from dspex.workers.remote import step_request
+from tests.workers.support import alive, full, wait_until
 
 pytest.importorskip("dspy")
 
@@ -59,24 +60,7 @@ def answer(body: dict[str, Any]) -> str:
     return f"[[ ## loud ## ]]\n{(found.group(1) if found else '?').upper()}\n\n[[ ## completed ## ]]"
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
-
-def wait_until(condition: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)  # fine enough to time a replacement
-    return bool(condition())
-
-
-def full(pool: WorkerPool) -> bool:
-    return len(pool.pids) == pool.size and all(alive(p) for p in pool.pids)
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +144,7 @@ def test_a_batch_survives_a_worker_killer(server: str) -> None:
         assert not wrong, f"{len(wrong)} rows have another row's answer, e.g. {wrong[:3]}"
 
         assert killer.killed, "the batch ended before the killer struck"
-        assert wait_until(lambda: full(pool))  # whole again once the killer stops
+        assert wait_until(lambda: full(pool), timeout=30)  # whole again once the killer stops
         exits = [e for e in pool.events if e.kind == "exit"]
         assert sorted(e.pid for e in exits) == sorted(killer.killed)
         assert {e.cause for e in exits} == {"killed"} and {e.exitcode for e in exits} == {-signal.SIGKILL}
@@ -188,7 +172,8 @@ def test_a_replacement_serves_its_first_dspy_step(server: str) -> None:
             victim = pool.pids[0]
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            assert wait_until(lambda gone=victim: pool.pids and pool.pids[0] != gone and alive(pool.pids[0]))
+            assert wait_until(lambda gone=victim: pool.pids and pool.pids[0] != gone and alive(pool.pids[0]),
+                              timeout=30, interval=0.002)  # fine enough to time a replacement
             enlisted = time.monotonic() - killed_at
             assert step(f"after {n}") == {"loud": f"AFTER {n}"}
             timings.append((enlisted, time.monotonic() - killed_at))

@@ -2,7 +2,6 @@
 and request recycling, graceful and forced shutdown, and no orphan even when the parent is killed."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,37 +20,13 @@ from dspex.ir.program import ToolDecl
 from dspex.ir.types import ANY
 from dspex.workers.pool import WorkerPool
 from dspex.workers.protocol import classify_exit
+from tests.workers.support import alive, full, tool, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tool(pool: WorkerPool, name: str, slot: int | None = None, **args: Any) -> Any:
-    decl = ToolDecl(name, (), ANY, f"tests.workers.tools:{name}")
-    return pool.call("tool", {"tool": encode_tool(decl), "args": args}, slot=slot, timeout=60)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
-
-
-def full(pool: WorkerPool) -> bool:
-    return len(pool.pids) == pool.size and all(alive(p) for p in pool.pids)
 
 
 @pytest.fixture

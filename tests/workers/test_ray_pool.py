@@ -24,6 +24,7 @@ from dspex.lm.openai import OpenAILM
 from dspex.workers import ray_pool
 from dspex.workers.ray_pool import RayPool, classify_ray_error
 from tests.servers.openai_stub import OpenAIStub
+from tests.workers.support import alive, full, tool, wait_until
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,33 +42,8 @@ def pool(ray_instance: None) -> Iterator[RayPool]:
         yield p
 
 
-def tool(pool: RayPool, name: str, slot: int | None = None, timeout: float | None = 60, **args: Any) -> Any:
-    decl = ToolDecl(name, (), ANY, f"tests.workers.tools:{name}")
-    return pool.call("tool", {"tool": encode_tool(decl), "args": args}, slot=slot, timeout=timeout)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
-
-
-def full(pool: RayPool) -> bool:
-    return len(pool.pids) == pool.size and all(alive(p) for p in pool.pids)
 
 
 def exits(pool: RayPool) -> list[str]:

@@ -23,6 +23,7 @@ from dspex.ir.program import ToolDecl
 from dspex.ir.types import ANY
 from dspex.workers.pool import WorkerPool
 from dspex.workers.zygote import Forked
+from tests.workers.support import alive, full, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,24 +48,7 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
-
-def wait_until(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
-
-
-def full(pool: WorkerPool) -> bool:
-    return len(pool.pids) == pool.size and all(alive(p) for p in pool.pids)
 
 
 def start_a_thread() -> None:
