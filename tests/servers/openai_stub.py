@@ -3,33 +3,55 @@
 Real HTTP/1.1 over real sockets (keep-alive, chunked SSE streaming), so adapters are tested through the
 same client code that talks to OpenAI, vLLM or llama.cpp. It runs an asyncio server in a background
 thread: latency is an ``asyncio.sleep``, so many slow requests overlap as they would on a real server,
-and a hung request is cancelled when the stub closes. Answers come from ``answer(body) -> str``.
+and a hung request ends when its client gives up or the stub closes. Answers come from ``answer(body) -> str``.
 
     with OpenAIStub(answer=lambda body: '{"label": "positive"}', latency=0.05) as stub:
         lm = OpenAILM("m", base_url=stub.base_url)
         stub.inject(Fault(status=429, retry_after="2"))   # the next request gets a 429
 
+Faults can also come **at rates**, each request drawing independently from a seeded RNG (``FaultRates``: 500s,
+429s with Retry-After, hangs until the client gives up, truncated JSON bodies, dropped connections), and a
+server can **degrade** mid-run (``Degrade``: its latency multiplied, a share of its answers wrong-shaped so they
+fail validation). A queued ``inject`` fault comes first; rates apply to the requests with none queued.
+
+    stub = OpenAIStub(shout, rates=FaultRates(server_error=0.05, hang=0.05), seed=7)
+    stub.set_degrade(Degrade(latency_factor=3, wrong_share=0.1))   # from the test, mid-run
+
 Benchmarks that must not share the GIL with the server run it as a process instead:
 ``python -m tests.servers.openai_stub --latency 0.05`` prints its base URL and serves until stdin closes;
-``--answer-fn MODULE:FUNCTION`` answers with an importable ``answer(body)`` instead of the echo.
+``--answer-fn MODULE:FUNCTION`` answers with an importable ``answer(body)`` instead of the echo; ``--rate
+KIND=P`` and ``--seed`` set fault rates; ``--control`` opens ``POST /_control`` (JSON ``{"rates": {...},
+"degrade": {...}, "reset_counts": true}``; ``GET`` reads the state and the outcome counts back), which a
+parent uses to degrade or heal the server mid-run. The control endpoint answers loopback peers only, takes
+bodies of at most ``CONTROL_MAX_BYTES`` and checks every value.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import ipaddress
 import json
+import random
+import re
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, fields, replace
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["OpenAIStub", "Fault", "RecordedRequest", "echo"]
+__all__ = ["OpenAIStub", "Fault", "FaultRates", "Degrade", "RecordedRequest", "echo", "shout", "CONTROL_PATH",
+           "CONTROL_MAX_BYTES", "OUTCOMES"]
 
 Answer = Callable[[dict[str, Any]], str]
+
+CONTROL_PATH = "/_control"
+CONTROL_MAX_BYTES = 4096
+MAX_LATENCY_FACTOR = 100.0
+OUTCOMES = ("ok", "wrong", "server_error", "rate_limited", "hang", "truncate", "disconnect", "injected")
+"""What a chat request got: a right answer, a wrong-shaped one, a fault drawn at its rate, or a queued fault."""
 
 
 def echo(body: dict[str, Any]) -> str:
@@ -51,12 +73,72 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class FaultRates:
+    """The probability that a request (one with no queued fault) gets each fault; every request draws once,
+    independently, so the kinds are exclusive and their rates may sum to at most 1. ``retry_after`` is the
+    Retry-After header of the 429s (seconds, as text)."""
+
+    server_error: float = 0.0  # 500 with an OpenAI-style error body
+    rate_limited: float = 0.0  # 429 with Retry-After
+    hang: float = 0.0  # no answer until the client gives up (closes the connection) or the stub closes
+    truncate: float = 0.0  # a 200 whose JSON body is cut in half
+    disconnect: float = 0.0  # the connection closed without a response
+    retry_after: str = "1"
+
+    def __post_init__(self) -> None:
+        total = 0.0
+        for name in _RATE_KINDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
+            total += value
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the fault rates sum to {total:g}, more than 1")
+        if not isinstance(self.retry_after, str) or not re.fullmatch(r"\d{1,6}(\.\d{1,6})?", self.retry_after):
+            raise ValueError(f"retry_after: expected seconds as text (\"1\", \"0.5\"), got {self.retry_after!r}")
+
+    def draw(self, rng: random.Random) -> str | None:
+        """The fault kind this request gets, or None."""
+        u = rng.random()
+        for name in _RATE_KINDS:
+            u -= getattr(self, name)
+            if u < 0.0:
+                return name
+        return None
+
+
+_RATE_KINDS = ("server_error", "rate_limited", "hang", "truncate", "disconnect")
+
+
+@dataclass(frozen=True)
+class Degrade:
+    """A server gone bad: every latency multiplied by ``latency_factor``, and ``wrong_share`` of the answers
+    replaced by ``wrong_answer`` (valid JSON of the wrong shape, which fails a step's validation)."""
+
+    latency_factor: float = 1.0
+    wrong_share: float = 0.0
+    wrong_answer: str = '{"unexpected": "wrong-shaped answer"}'
+
+    def __post_init__(self) -> None:
+        factor = self.latency_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 <= factor <= MAX_LATENCY_FACTOR:
+            raise ValueError(f"latency_factor: expected a number in [0, {MAX_LATENCY_FACTOR:g}], got {factor!r}")
+        share = self.wrong_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"wrong_share: expected a probability in [0, 1], got {share!r}")
+        if not isinstance(self.wrong_answer, str) or len(self.wrong_answer) > 1000:
+            raise ValueError("wrong_answer: expected a string of at most 1000 characters")
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]  # names lower-cased
     body: dict[str, Any]
     connection: int  # which TCP connection carried it (1, 2, ...): shows keep-alive and pool sizes
+    at: float = 0.0  # when it arrived (time.monotonic)
+    outcome: str = "ok"  # one of OUTCOMES (requests other than chat completions: "ok" or "injected")
 
 
 class OpenAIStub:
@@ -70,7 +152,8 @@ class OpenAIStub:
 
     def __init__(self, answer: Answer = echo, *, latency: float = 0.0,
                  formats: Iterable[str] = ("json_schema", "json_object"), reject_status: int = 400,
-                 model: str = "stub-model"):
+                 model: str = "stub-model", rates: FaultRates | None = None, degrade: Degrade | None = None,
+                 seed: int | None = 0, control: bool = False):
         self.answer = answer
         self.latency = latency
         self.formats = set(formats)
@@ -78,6 +161,11 @@ class OpenAIStub:
         self.model = model
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
+        self.rates = rates or FaultRates()  # replaced whole (frozen): safe to set from another thread mid-run
+        self.degrade = degrade or Degrade()
+        self.control = control
+        self.counts: Counter[str] = Counter()  # chat requests by outcome (OUTCOMES)
+        self._rng = random.Random(seed)  # drawn on the server's loop only
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -92,6 +180,22 @@ class OpenAIStub:
 
     def inject(self, *faults: Fault) -> None:
         self.faults.extend(faults)
+
+    def set_rates(self, rates: FaultRates | None = None, /, **changes: Any) -> FaultRates:
+        """Fault rates from now on: ``rates``, or the current ones with ``changes`` (``set_rates()``: none)."""
+        self.rates = rates if rates is not None else FaultRates() if not changes else replace(self.rates, **changes)
+        return self.rates
+
+    def set_degrade(self, degrade: Degrade | None = None, /, **changes: Any) -> Degrade:
+        """Degradation from now on: ``degrade``, or the current one with ``changes`` (``set_degrade()``: healed)."""
+        self.degrade = (degrade if degrade is not None else Degrade() if not changes
+                        else replace(self.degrade, **changes))
+        return self.degrade
+
+    def state(self) -> dict[str, Any]:
+        """Rates, degradation and outcome counts, as plain data (what ``GET /_control`` answers)."""
+        return {"rates": asdict(self.rates), "degrade": asdict(self.degrade), "counts": dict(self.counts),
+                "requests": len(self.requests)}
 
     def __enter__(self) -> OpenAIStub:
         self.start()
@@ -153,16 +257,33 @@ class OpenAIStub:
             if line:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-        raw = await reader.readexactly(int(headers.get("content-length", "0")))
-        body = json.loads(raw) if raw else {}
-        self.requests.append(RecordedRequest(method, path, headers, body, connection))
         keep_alive = headers.get("connection", "").lower() != "close"
+        length = int(headers.get("content-length", "0"))
+        if self.control and path.split("?", 1)[0].rstrip("/") == CONTROL_PATH:
+            return await self._control(reader, writer, method, length, keep_alive)
+        raw = await reader.readexactly(length)
+        body = json.loads(raw) if raw else {}
         fault = self.faults.popleft() if self.faults else None
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        chat = method == "POST" and path.rstrip("/").endswith("/chat/completions")
+        drawn = self.rates.draw(self._rng) if fault is None and chat else None
+        degrade = self.degrade
+        wrong = fault is None and drawn is None and chat and degrade.wrong_share > 0.0 \
+            and self._rng.random() < degrade.wrong_share
+        outcome = "injected" if fault is not None else drawn or ("wrong" if wrong else "ok")
+        self.requests.append(RecordedRequest(method, path, headers, body, connection, time.monotonic(), outcome))
+        if chat:
+            self.counts[outcome] += 1
+        if drawn is not None:
+            fault = _RATE_FAULTS[drawn] if drawn != "rate_limited" else Fault(
+                status=429, retry_after=self.rates.retry_after, message="rate limited (injected)")
+        latency = self.latency * degrade.latency_factor
+        if latency:
+            await asyncio.sleep(latency)
         if fault is not None:
             if fault.hang:
-                await asyncio.Event().wait()
+                while await reader.read(65536):  # until the client gives up and closes (or the stub closes)
+                    pass
+                return False
             if fault.disconnect:
                 return False
             if fault.truncate:
@@ -174,14 +295,14 @@ class OpenAIStub:
             return keep_alive
         if method == "GET" and path.rstrip("/").endswith("/models"):
             await self._send(writer, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
-        elif method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+        elif not chat:
             await self._send(writer, 404, _error(404, f"no route {method} {path}"))
         elif (fmt := (body.get("response_format") or {}).get("type", "text")) not in self.formats | {"text"}:
             message = f"Invalid value for 'response_format.type': '{fmt}' is not supported"
             await self._send(writer, self.reject_status, _error(self.reject_status, message, "response_format"))
         else:
             try:
-                text = self.answer(body)
+                text = degrade.wrong_answer if wrong else self.answer(body)
             except Exception as e:  # noqa: BLE001 - a failing answer function is the server's 500
                 await self._send(writer, 500, _error(500, f"answer failed: {e!r}"))
                 return keep_alive
@@ -190,6 +311,49 @@ class OpenAIStub:
             else:
                 await self._send(writer, 200, self._completion(body, text))
         return keep_alive
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, length: int,
+                       keep_alive: bool) -> bool:
+        """``GET``/``POST /_control``: read, or set, the fault rates and the degradation (loopback peers only)."""
+        peer = writer.get_extra_info("peername")
+        try:
+            loopback = ipaddress.ip_address(peer[0]).is_loopback
+        except (TypeError, ValueError, IndexError):
+            loopback = False
+        if not loopback:
+            await self._send(writer, 403, _error(403, "the control endpoint answers loopback peers only"))
+            return False
+        if not 0 <= length <= CONTROL_MAX_BYTES:
+            await self._send(writer, 413, _error(413, f"a control body holds at most {CONTROL_MAX_BYTES} bytes"))
+            return False
+        raw = await reader.readexactly(length)
+        if method == "POST":
+            try:
+                self._apply(json.loads(raw) if raw else {})
+            except (ValueError, TypeError) as e:
+                await self._send(writer, 400, _error(400, f"bad control request: {e}"))
+                return keep_alive
+        elif method != "GET":
+            await self._send(writer, 405, _error(405, "GET or POST"))
+            return keep_alive
+        await self._send(writer, 200, self.state())
+        return keep_alive
+
+    def _apply(self, data: Any) -> None:
+        """A control request's changes, all checked before any is made."""
+        if not isinstance(data, dict) or set(data) - {"rates", "degrade", "reset_counts"}:
+            raise ValueError("expected an object with some of: rates, degrade, reset_counts")
+        rates, degrade = self.rates, self.degrade
+        if data.get("rates") is not None:
+            rates = FaultRates(**_known(data["rates"], FaultRates))
+        if data.get("degrade") is not None:
+            degrade = Degrade(**_known(data["degrade"], Degrade))
+        if not isinstance(data.get("reset_counts", False), bool):
+            raise ValueError("reset_counts: expected a boolean")
+        self.rates, self.degrade = rates, degrade
+        if data.get("reset_counts"):
+            self.counts.clear()
+            self.requests.clear()
 
     def _completion(self, body: dict[str, Any], text: str) -> dict[str, Any]:
         self._ids += 1
@@ -254,6 +418,46 @@ def _words(text: str) -> list[str]:
     return pieces
 
 
+_RATE_FAULTS = {"server_error": Fault(status=500, message="server error (injected)"), "hang": Fault(hang=True),
+                "truncate": Fault(truncate=True), "disconnect": Fault(disconnect=True)}
+
+
+def _known(data: Any, kind: type) -> dict[str, Any]:
+    """``data`` as keyword arguments of the dataclass ``kind``: a JSON object of its fields only."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{kind.__name__}: expected an object")
+    names = {f.name for f in fields(kind)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{kind.__name__}: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
+    return data
+
+
+_NATIVE_INPUT = re.compile(r'^text: (".*")$', re.M)
+_CHAT_INPUT = re.compile(r"\[\[ ## text ## \]\]\n(.*?)(?:\n\n|\n?$)", re.S)
+
+
+def shout(body: Mapping[str, Any]) -> str:
+    """Answers a ``text -> shout`` step with the text upper-cased: as JSON for the native engine (its user message
+    holds ``text: "<JSON string>"``), in dspy's ChatAdapter format for a ChatAdapter prompt (``[[ ## text ## ]]``
+    fields) and as JSON for any other prompt (dspy's JSONAdapter). A prompt without the input raises: a 500."""
+    messages = list(body.get("messages") or ())
+    user = next(str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user")
+    system = str(messages[0].get("content") or "") if messages else ""
+    native = next((json.loads(m.group(1)) for msg in messages if msg.get("role") == "user"
+                   for m in [_NATIVE_INPUT.search(str(msg.get("content") or ""))] if m), None)
+    if native is not None:
+        return json.dumps({"shout": str(native).upper()})
+    found = _CHAT_INPUT.search(user) or next((m for msg in messages if msg.get("role") == "user"
+                                              for m in [_CHAT_INPUT.search(str(msg.get("content") or ""))] if m), None)
+    if found is None:
+        raise ValueError("no text input in the prompt")
+    text = found.group(1).strip().upper()
+    if "[[ ## completed ## ]]" in system and not body.get("response_format"):
+        return f"[[ ## shout ## ]]\n{text}\n\n[[ ## completed ## ]]"
+    return json.dumps({"shout": text})
+
+
 def _error(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
@@ -265,13 +469,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--answer", help="a fixed answer (default: echo the last message)")
     parser.add_argument("--answer-fn", metavar="MODULE:FUNCTION",
                         help="answer with FUNCTION(body) from an importable MODULE")
+    parser.add_argument("--rate", action="append", default=[], metavar="KIND=P",
+                        help=f"a fault rate (repeatable); KIND is one of {', '.join(_RATE_KINDS)}")
+    parser.add_argument("--retry-after", default="1", help="the Retry-After of rate-drawn 429s (seconds)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the fault and wrong-answer draws")
+    parser.add_argument("--control", action="store_true", help=f"serve {CONTROL_PATH} (loopback peers only)")
     args = parser.parse_args(argv)
     fixed: str | None = args.answer
     answer: Answer = echo if fixed is None else (lambda body: fixed)
     if args.answer_fn is not None:
         module, _, function = args.answer_fn.partition(":")
         answer = getattr(importlib.import_module(module), function)
-    with OpenAIStub(answer, latency=args.latency) as stub:
+    rates: dict[str, Any] = {"retry_after": args.retry_after}
+    for item in args.rate:
+        kind, _, value = item.partition("=")
+        if kind not in _RATE_KINDS:
+            parser.error(f"--rate {item}: KIND is one of {', '.join(_RATE_KINDS)}")
+        rates[kind] = float(value)
+    with OpenAIStub(answer, latency=args.latency, rates=FaultRates(**rates), seed=args.seed,
+                    control=args.control) as stub:
         print(stub.base_url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin (or exits)
 
