@@ -25,6 +25,7 @@ from dspex.runtime.cache import MISSING, cache_key
 from dspex.runtime.evaluate import evaluate, project
 from dspex.runtime.routing import DEFAULT_LM, Router, input_size, node_key
 from dspex.runtime.scheduler import Route
+from dspex.runtime.telemetry import RUN_CONTEXT, error_text
 from dspex.runtime.tools import load_tool
 
 __all__ = ["Executor", "SKIPPED", "NodeEvent", "InputError", "choose_engine", "run_tool_here", "ToolRunner"]
@@ -42,7 +43,8 @@ class InputError(DSPexError):
 @dataclass
 class NodeEvent:
     """What happened at one node: ``kind`` is start, end, error, cache_hit or skip. ``call`` numbers the
-    node's calls within one executor, so a start and its end pair up when ``map`` runs a node many times."""
+    node's calls within one executor, so a start and its end pair up when ``map`` runs a node many times.
+    ``error`` is ``telemetry.error_text`` of the failure: scrubbed, and without the step's inputs or answer."""
 
     kind: str
     pipeline: str
@@ -176,11 +178,12 @@ class Executor:
         started = time.perf_counter()
         call = next(self._calls)
         self._emit(NodeEvent("start", pipeline.name, node.id, call=call))
+        context = RUN_CONTEXT.set((RUN_CONTEXT.get()[0], pipeline.name, node.id, call))  # for events from inside
         try:
             result = await self._dispatch(pipeline, node, args, options, variables, call)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a StepError or an on_error value
             self._emit(NodeEvent("error", pipeline.name, node.id, duration_s=time.perf_counter() - started,
-                                 error=f"{type(exc).__name__}: {exc}", call=call))
+                                 error=error_text(exc), call=call))
             if on_error == "skip" and item is not None:
                 return _DROP
             if on_error in ("none", "skip"):
@@ -188,6 +191,8 @@ class Executor:
             if isinstance(exc, StepError):
                 raise
             raise StepError(node.id, node.line, args, exc, node.file) from exc
+        finally:
+            RUN_CONTEXT.reset(context)
         return project(result, (node.select,)) if node.select else result
 
     async def _dispatch(self, pipeline: Pipeline, node: Node, args: dict[str, Any], options: dict[str, Any],
@@ -222,7 +227,7 @@ class Executor:
         try:
             result, hit, engine, lm = await self._compute(pipeline, node, call, route, route_key, size, use_cache)
         except Exception:
-            if route == routes[0]:
+            if router is None or not router.explored(route_key, route, routes):
                 raise
             # an exploratory route failed: the row is run on the default route rather than lost
             result, hit, engine, lm = await self._compute(pipeline, node, call, routes[0], route_key, size, use_cache)

@@ -61,7 +61,9 @@ class ResiliencePolicy:
     server's Retry-After (itself capped by ``max_backoff_s``). ``breaker_failures`` consecutive retryable
     failures open the circuit (0: never) for ``breaker_reset_s``, then one probe decides. ``rpm``/``tpm`` cap
     requests and tokens per minute (None: unlimited). ``hedge_after_s``: with no answer by then, one duplicate
-    request is sent and the first answer wins."""
+    request is sent and the first answer wins. ``wait_for_probe``: while the circuit is open, a call waits for
+    the probe (up to ``2 * breaker_reset_s``) rather than failing at once; the runtime applies it to every lm
+    that is not a ``fallback`` member (a fallback must move on at once)."""
 
     timeout_s: float | None = None
     retries: int = 3
@@ -73,6 +75,7 @@ class ResiliencePolicy:
     rpm: float | None = None
     tpm: float | None = None
     hedge_after_s: float | None = None
+    wait_for_probe: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -92,7 +95,7 @@ def _problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for the policy field ``key``, or None."""
     if value is None:
         return None if key in _OPTIONAL else "must be set"
-    if key == "jitter":
+    if key in ("jitter", "wait_for_probe"):
         return None if isinstance(value, bool) else f"expected a boolean, got {type(value).__name__} {value!r}"
     kinds = int if key in _INTEGERS else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
@@ -282,10 +285,12 @@ class CircuitBreaker:
 
     def trip(self) -> None:
         """Open now, whatever the count (an anomaly detector saw the endpoint fail): the next call after
-        ``reset_s`` probes it."""
+        ``reset_s`` probes it. An open breaker is left as it is: the detector's errors then are mostly the calls
+        it failed fast, and re-opening would put its probe off again and again."""
         with self._cells.hold() as cells:
             state, failures = cells[0], cells[1]
-            cells[0], cells[2], cells[3] = _OPEN, self._clock(), -math.inf
+            if state != _OPEN:
+                cells[0], cells[2], cells[3] = _OPEN, self._clock(), -math.inf
         if state != _OPEN:
             self._emit("open", failures)
 
@@ -416,8 +421,9 @@ class ResilientLM(LM):
 
     def __init__(self, inner: LM, policy: ResiliencePolicy | None = None, *, name: str | None = None,
                  shared_dir: str | Path | None = None, on_event: OnEvent | None = None, clock: Clock = time.time,
-                 sleep: Sleep = asyncio.sleep, rng: random.Random | None = None):
+                 sleep: Sleep = asyncio.sleep, rng: random.Random | None = None, wait_when_open: bool = False):
         self.inner = inner
+        self.wait_when_open = wait_when_open
         self.policy = policy = policy or ResiliencePolicy()
         self.name = name or inner.identity
         self.shared_dir = None if shared_dir is None else str(shared_dir)
@@ -486,13 +492,29 @@ class ResilientLM(LM):
 
     async def _run(self, request: LMRequest, call: Call) -> LMResponse:
         request = self._prepared(request)
-        attempt = 0
+        attempt, waited = 0, 0.0
         while True:
             try:
                 return await self._attempt(request, call)
+            except CircuitOpenError as e:
+                waited = await self._await_probe(e, waited)
             except LMError as e:
                 await self._pause(e, attempt)
                 attempt += 1
+
+    async def _await_probe(self, error: CircuitOpenError, waited: float) -> float:
+        """An open circuit fails the call at once (a ``fallback`` then moves on), or with ``wait_when_open`` (the
+        runtime's choice for an lm that is nobody's fallback member) waits, in steps of ``backoff_s``, for the probe to close it, up to ``2 * breaker_reset_s`` in all: an
+        outage shorter than that costs time, not rows. Returns the time waited so far."""
+        budget = 2 * self.policy.breaker_reset_s - waited
+        if not self.wait_when_open or budget <= 0:
+            raise error
+        delay = min(max(error.probe_in_s, 0.01), max(self.policy.backoff_s, 0.01), budget)
+        if waited == 0.0:
+            self._emit("retry", {"lm": self.name, "attempt": 0, "delay_s": delay, "error": str(error),
+                                 "reason": "circuit open: waiting for the probe"})
+        await self._sleep(delay)
+        return waited + delay
 
     async def _pause(self, error: LMError, attempt: int) -> None:
         """Wait before retry ``attempt + 1``, or raise ``error`` when it is not to be retried."""

@@ -22,7 +22,7 @@ from dspex.ir.graph import Node
 from dspex.ir.program import Pipeline
 from dspex.runtime.anomaly import Anomaly, AnomalyDetector
 from dspex.runtime.scheduler import AdaptiveScheduler, Route
-from dspex.runtime.telemetry import Telemetry, TelemetryEvent
+from dspex.runtime.telemetry import RUN_CONTEXT, Telemetry, TelemetryEvent
 
 __all__ = ["Router", "DEFAULT_LM", "node_key", "input_size"]
 
@@ -77,30 +77,37 @@ class Router:
             return routes[0]
         return self.scheduler.choose(key, routes, size)
 
+    def explored(self, key: str, route: Route, routes: list[Route]) -> bool:
+        """Was ``route`` an exploration (neither the default route nor a pinned one)? A failed exploration is
+        re-run on the default route; a pinned route's failure is the row's, as it would be without adaptation."""
+        return route != routes[0] and (self.scheduler is None or self.scheduler.pinned(key) != route)
+
     def observe(self, key: str, pipeline: str, node: str, route: Route, lm: str, latency_s: float, ok: bool,
                 validation_failed: bool, tokens: int, size: float) -> None:
         self._current = (pipeline, node)
         if validation_failed:
-            self.telemetry.emit(TelemetryEvent("validation_failure", pipeline=pipeline, node=node, engine=route[0],
-                                               lm=lm, attrs={"final": not ok}))
+            self.telemetry.emit(TelemetryEvent("validation_failure", _run_id(), pipeline, node, route[0], lm,
+                                               attrs=_call({"final": not ok})))
         if self.scheduler is not None:
             self.scheduler.observe(key, route, latency_s, ok, validation_failed, tokens, size)
         if self.detector is not None:
-            self.detector.observe(f"lm:{lm}", latency_s, ok)
+            if ok or not validation_failed:  # an answer that failed validation says nothing of the lm's health
+                self.detector.observe(f"lm:{lm}", latency_s, ok)
             self.detector.observe(f"node:{key}", latency_s, ok)
 
     def _adapted(self, change: dict[str, Any]) -> None:
-        pipeline, _ = self._current
+        pipeline, node = self._current  # the step's id, as on its other events (``change["node"]`` is its key)
         self.telemetry.emit(TelemetryEvent(
-            "adaptation", pipeline=pipeline, node=str(change["node"]),
+            "adaptation", _run_id(), pipeline, node,
             attrs={"action": "switch_route", "from": _route(change.get("from")), "route": _route(change.get("to")),
                    "reason": str(change.get("reason", ""))}))
 
     def _anomaly(self, anomaly: Anomaly) -> None:
         pipeline, node = self._current
-        facts = {k: v for k, v in anomaly.as_dict().items() if k != "key" and isinstance(v, (str, int, float, bool))}
-        self.telemetry.emit(TelemetryEvent("anomaly", pipeline=pipeline, node=node, attrs=facts))
+        facts = {k: v for k, v in anomaly.as_dict().items() if isinstance(v, (str, int, float, bool))}
         subject = anomaly.key.partition(":")[2]
+        lm = subject if anomaly.key.startswith("lm:") else ""  # the key says what was anomalous: an lm or the step
+        self.telemetry.emit(TelemetryEvent("anomaly", _run_id(), pipeline, node, lm=lm, attrs=_call(facts)))
         if anomaly.action == "open_breaker" and anomaly.key.startswith("lm:"):
             breaker = self.breaker_for(subject)
             if breaker is None:
@@ -110,8 +117,18 @@ class Router:
             self.slow_down(subject)
         else:
             return  # switch_route: the scheduler sees the same evidence and moves traffic itself
-        self.telemetry.emit(TelemetryEvent("adaptation", pipeline=pipeline, node=node,
-                                           attrs={"action": anomaly.action, "reason": anomaly.metric}))
+        self.telemetry.emit(TelemetryEvent("adaptation", _run_id(), pipeline, node, lm=lm,
+                                           attrs=_call({"action": anomaly.action, "reason": anomaly.metric})))
+
+
+def _run_id() -> str:
+    return RUN_CONTEXT.get()[0]
+
+
+def _call(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` with the current step's call number, so OpenTelemetry puts the event on that call's span."""
+    call = RUN_CONTEXT.get()[3]
+    return {**attrs, "call": call} if call else attrs
 
 
 def _route(route: Any) -> str:

@@ -23,7 +23,8 @@ from dspex.runtime.executor import Executor, NodeEvent, ToolRunner, choose_engin
 from dspex.runtime.resilience import ResilientLM
 from dspex.runtime.routing import Router
 from dspex.runtime.scheduler import AdaptiveScheduler, Route
-from dspex.runtime.telemetry import Telemetry, TelemetryEvent, error_text, from_node_event, from_worker_event, new_run_id
+from dspex.runtime.telemetry import (RUN_CONTEXT, Telemetry, TelemetryEvent, error_text, from_node_event,
+                                     from_worker_event, new_run_id)
 
 if TYPE_CHECKING:
     from dspex.runtime.sessions import Session
@@ -98,7 +99,8 @@ class Runtime:
         def make() -> LM:
             from dspex.lm.spec import lm_from_decl
 
-            return lm_from_decl(decl, lms, self._guarded)
+            backups = {m for d in lms.values() if d.provider == "fallback" for m in d.members}
+            return lm_from_decl(decl, lms, lambda lm, name: self._guarded(lm, name, name not in backups))
 
         return self._cached(("decl", repr(decl)), make)
 
@@ -108,16 +110,19 @@ class Runtime:
                 self._lms[key] = make()
             return self._lms[key]
 
-    def _guarded(self, lm: LM, name: str | None) -> LM:
+    def _guarded(self, lm: LM, name: str | None, wait_when_open: bool = True) -> LM:
         """``lm`` behind its resilience policy (``[resilience.lms.NAME]`` by declared name or identity, else
         ``[resilience]``): timeouts, retries, a circuit breaker and a rate limiter that every process of this
-        runtime shares (their state lives under ``$DSPEX_HOME/resilience``)."""
+        runtime shares (their state lives under ``$DSPEX_HOME/resilience``). A member of a ``fallback`` fails
+        at once while its circuit is open (the fallback moves on); any other lm waits for the probe, so a short
+        outage costs time, not rows."""
         if isinstance(lm, ResilientLM):
             return lm
         lm = self._placed(lm)
         policies = self.config.resilience_lms
         policy = policies.get(name or "") or policies.get(lm.identity) or self.config.resilience
-        guard = ResilientLM(lm, policy, shared_dir=self.config.home / "resilience", on_event=self._lm_event)
+        guard = ResilientLM(lm, policy, shared_dir=self.config.home / "resilience", on_event=self._lm_event,
+                            wait_when_open=wait_when_open and (policy is None or policy.wait_for_probe))
         self._guards.setdefault(lm.identity, guard)
         return guard
 
@@ -134,10 +139,15 @@ class Runtime:
             self.concurrency = max(1, self.concurrency * 3 // 4)
 
     def _lm_event(self, kind: str, data: dict[str, Any]) -> None:
-        """Resilience events (retry, breaker, rate_limited, hedge) as telemetry."""
+        """Resilience events (retry, breaker, rate_limited, hedge) as telemetry, stamped with the run and step
+        whose lm call they happened in."""
         error = str(data.get("error", ""))
         attrs = {k: v for k, v in data.items() if k not in ("lm", "error") and isinstance(v, (str, int, float, bool))}
-        self.telemetry.emit(TelemetryEvent(kind, lm=str(data.get("lm", "")), error=error, attrs=attrs))
+        run_id, pipeline, node, call = RUN_CONTEXT.get()
+        if call:
+            attrs["call"] = call
+        self.telemetry.emit(TelemetryEvent(kind, run_id, pipeline, node, lm=str(data.get("lm", "")), error=error,
+                                           attrs=attrs))
 
     def _worker_event(self, event: Any) -> None:
         telemetry = from_worker_event(event)
@@ -173,12 +183,15 @@ class Runtime:
         run_id = new_run_id()
         self.telemetry.emit(TelemetryEvent("run_start", run_id, pipeline.name))
         started = time.perf_counter()
+        context = RUN_CONTEXT.set((run_id, pipeline.name, "", 0))
         try:
             outputs = await self.executor(on_event, session, run_id).run(pipeline, inputs, variables)
         except BaseException as exc:
             self.telemetry.emit(TelemetryEvent("run_end", run_id, pipeline.name,
                                                duration_s=time.perf_counter() - started, error=error_text(exc)))
             raise
+        finally:
+            RUN_CONTEXT.reset(context)
         self.telemetry.emit(TelemetryEvent("run_end", run_id, pipeline.name, duration_s=time.perf_counter() - started))
         return outputs
 

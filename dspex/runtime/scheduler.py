@@ -233,6 +233,11 @@ class AdaptiveScheduler:
         with self._lock:
             self._pins.pop(node_key, None)
 
+    def pinned(self, node_key: str) -> Route | None:
+        """The route ``node_key`` is pinned to (its own pin, else ``"*"``'s), or None."""
+        with self._lock:
+            return self._pins.get(node_key) or self._pins.get("*")
+
     def choose(self, node_key: str, routes: Sequence[Route], input_size: float = 0.0) -> Route:
         """The route to run ``node_key`` on now, one of ``routes`` (in the caller's order of preference: ties and
         warm-up go to the earlier one). A step's pin that is not among ``routes`` is a ``ValueError``; where a
@@ -270,9 +275,10 @@ class AdaptiveScheduler:
                 pooled = -1.0
                 best, best_cost = 0, math.inf
                 for i, arm in enumerate(arms):
-                    if arm.inv_lw == 0.0:
+                    if arm.inv_lw == 0.0:  # no call returned yet: the step's mean, at the prior's spread (a
+                        # wider one would often draw a latency <= 0, a free route whatever its failure rate)
                         pooled = node.pooled() if pooled < 0.0 else pooled
-                        lat, lat_sd = pooled, pooled
+                        lat, lat_sd = pooled, _PRIOR_CV * pooled
                     else:
                         d = input_size - arm.xbar
                         lat, lat_sd = arm.a + arm.b * input_size, math.sqrt(arm.s2 * (arm.inv_lw + d * d * arm.inv_sxx))

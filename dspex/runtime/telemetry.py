@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TelemetryEvent", "Telemetry", "Sink", "RingSink", "JsonlSink", "OtelSink", "PrometheusSink", "KINDS",
            "SINKS", "TELEMETRY_FILE", "ROTATED_FILE", "scrub", "error_text", "new_run_id", "from_node_event",
-           "from_worker_event"]
+           "from_worker_event", "RUN_CONTEXT"]
 
 log = logging.getLogger("dspex.telemetry")
 
@@ -107,8 +108,21 @@ def scrub(text: str) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """``"Type: message"`` for an event's ``error``: scrubbed, one line, at most ``MAX_ERROR_CHARS``."""
-    return _short_error(f"{type(exc).__name__}: {exc}")
+    """``"Type: message"`` for an event's ``error``: scrubbed, one line, at most ``MAX_ERROR_CHARS``, without the
+    step inputs a ``StepError`` lists or the answer a ``ValidationError`` quotes (events never hold what was said)."""
+    return _short_error(_described(exc))
+
+
+def _described(exc: BaseException) -> str:
+    from dspex.engines.base import ValidationError
+    from dspex.errors import StepError
+
+    name = type(exc).__name__
+    if isinstance(exc, StepError):
+        return f"{name}: step '{exc.node}' failed: {_described(exc.cause)}"
+    if isinstance(exc, ValidationError):
+        return f"{name}: {exc.path}: {exc.rule}"
+    return f"{name}: {exc}"
 
 
 def _short_error(text: str) -> str:
@@ -118,6 +132,12 @@ def _short_error(text: str) -> str:
 
 
 # -- events -------------------------------------------------------------------------------------------------------
+
+RUN_CONTEXT: ContextVar[tuple[str, str, str, int]] = ContextVar("dspex_run_context", default=("", "", "", 0))
+"""``(run_id, pipeline, node, call)`` of the run and step the current task works for (empty outside them): the
+runtime sets the run, the executor the step, so that events emitted from inside a step (retries, breakers,
+validation failures, adaptations) join their run and node in ``dspexc stats`` and on OpenTelemetry spans."""
+
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass pays a setattr call per field, on the hot path
 class TelemetryEvent:

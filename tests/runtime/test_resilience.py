@@ -260,6 +260,28 @@ def test_an_open_breaker_fails_fast_without_calling_or_retrying() -> None:
     assert ("breaker", {"lm": "flaky", "state": "open", "failures": 3}) in events
 
 
+def test_an_lm_that_waits_when_open_loses_no_call_to_a_short_outage() -> None:
+    clock, events = FakeClock(), []
+    inner = Flaky(*[failed()] * 3)  # three failures open the circuit, then the endpoint is healthy again
+    lm = ResilientLM(inner, ResiliencePolicy(retries=5, backoff_s=0.5, breaker_failures=3, breaker_reset_s=10),
+                     clock=clock, sleep=clock.sleep, rng=random.Random(7), wait_when_open=True,
+                     on_event=lambda kind, data: events.append((kind, data)))
+    assert run(lm.acomplete(ask())).text == "ok"  # waited for the probe instead of failing
+    assert inner.calls == 4 and lm.breaker.state == "closed"
+    assert sum(s for s in clock.sleeps) >= 10 - 1e-9  # it could not call before the probe was due
+    assert any(kind == "retry" and "circuit open" in str(data.get("reason")) for kind, data in events)
+
+
+def test_waiting_for_the_probe_is_bounded() -> None:
+    clock = FakeClock()
+    inner = Flaky(*[failed()] * 100)  # down for good
+    lm = ResilientLM(inner, ResiliencePolicy(retries=2, breaker_failures=2, breaker_reset_s=4), clock=clock,
+                     sleep=clock.sleep, rng=random.Random(7), wait_when_open=True)
+    with pytest.raises(LMError):
+        run(lm.acomplete(ask()))
+    assert sum(clock.sleeps) < 2 * 4 + 30 + 1  # twice the reset time, plus the ordinary backoffs
+
+
 def test_a_probe_ending_in_a_non_retryable_error_leaves_the_next_call_to_probe() -> None:
     clock = FakeClock()
     inner = Flaky(failed(), LMError("HTTP 400: bad request", status=400), "probe ok")
