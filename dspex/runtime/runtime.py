@@ -75,6 +75,7 @@ class Runtime:
         self._override: LM | None = self._guarded(_as_lm(spec), None) if spec is not None else None
         self._sessions: Any = None
         self.scheduler = (AdaptiveScheduler.from_config(self.config, seed=self.config.scheduler.seed, warmup=1,
+                                                        default_bias=0.1,
                                                         pins=_pins(self.config.scheduler.pins))
                           if self.config.scheduler.adaptive else None)
         self.router = Router(self.scheduler, AnomalyDetector(), self.telemetry, self._breaker_for, self._slow_down)

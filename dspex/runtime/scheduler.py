@@ -185,11 +185,14 @@ class AdaptiveScheduler:
     a uniform pick (the floor). ``warmup``: tries of each route before any is judged. ``failure_penalty`` and
     ``token_weight`` (seconds per token) shape the cost above. ``on_adapt({node, from, to, reason})`` is called,
     outside the lock, when a step's preferred route changes (not when it is first set); ``switch_margin`` is the
-    cost advantage a new route needs to become preferred, so near-ties do not flap."""
+    cost advantage a new route needs to become preferred, so near-ties do not flap. ``default_bias``: how much
+    cheaper (as a share) a route must look than the caller's first route to be drawn instead of it; latency
+    is all the scheduler sees, so an alternative that merely ties (a dspy module answering as fast as the native
+    engine, while using more of this machine's CPU) should not take traffic."""
 
     def __init__(self, *, seed: int | None = None, pins: Mapping[str, Route] | None = None,
                  half_life: float = 25.0, explore: float = 0.02, warmup: int = 2, failure_penalty: float = 2.0,
-                 token_weight: float = 1e-5, switch_margin: float = 0.05,
+                 token_weight: float = 1e-5, switch_margin: float = 0.05, default_bias: float = 0.0,
                  on_adapt: Callable[[dict[str, Any]], None] | None = None):
         if half_life <= 0 or not 0.0 <= explore <= 1.0 or warmup < 0:
             raise ValueError("need half_life > 0, 0 <= explore <= 1 and warmup >= 0")
@@ -200,6 +203,7 @@ class AdaptiveScheduler:
         self.failure_penalty = failure_penalty
         self.token_weight = token_weight
         self.switch_margin = switch_margin
+        self.default_bias = default_bias
         self.on_adapt = on_adapt
         self.path: Path | None = None  # where ``save()`` writes by default (``from_config`` sets it)
         self._pins: dict[str, Route] = {k: (v[0], v[1]) for k, v in (pins or {}).items()}
@@ -286,6 +290,8 @@ class AdaptiveScheduler:
                     p = arm.p + arm.p_sd * gauss(0.0, 1.0)
                     p = 0.0 if p < 0.0 else _MAX_FAILURE if p > _MAX_FAILURE else p
                     cost = (lat if lat > 0.0 else 0.0) * (1.0 + penalty * p / (1.0 - p)) + token_weight * arm.tok
+                    if i:
+                        cost *= 1.0 + self.default_bias
                     if cost < best_cost:
                         best, best_cost = i, cost
             arms[best].tries += 1

@@ -334,3 +334,20 @@ def test_choose_is_cheap() -> None:
     for _ in range(n):
         sched.choose("n", ROUTES, 800)
     assert (time.process_time() - started) / n < 50e-6
+
+
+def test_a_default_bias_keeps_ties_on_the_first_route() -> None:
+    """Latency is all the scheduler sees: an alternative that only ties the first route should not take half of
+    the traffic (it may cost more of this machine than its latency shows)."""
+    routes = [("native", "@default"), ("dspy", "@default")]
+
+    def share_of_first(bias: float) -> float:
+        scheduler, rng = AdaptiveScheduler(seed=3, default_bias=bias), random.Random(3)
+        picks = Counter()
+        for _ in range(2000):
+            route = scheduler.choose("p.n", routes)
+            picks[route] += 1
+            scheduler.observe("p.n", route, 0.05 + rng.gauss(0, 0.005))
+        return picks[routes[0]] / 2000
+
+    assert share_of_first(0.3) > share_of_first(0.0) + 0.15
