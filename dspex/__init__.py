@@ -17,7 +17,9 @@ _EXPORTS = {
     "Diagnostic": "dspex.lang.diagnostics",
     "DSPexError": "dspex.errors", "CompileError": "dspex.errors", "ArtifactError": "dspex.errors",
     "TraceError": "dspex.errors", "StepError": "dspex.errors", "ToolLoadError": "dspex.errors",
-    "Runtime": "dspex.runtime.runtime",
+    "FrameError": "dspex.errors", "WorkerError": "dspex.errors", "WorkerCrashedError": "dspex.errors",
+    "WorkerTaskError": "dspex.errors", "CircuitOpenError": "dspex.runtime.resilience",
+    "Runtime": "dspex.runtime.runtime", "Session": "dspex.runtime.sessions",
     "Program": "dspex.ir.program", "Signature": "dspex.ir.program", "Field": "dspex.ir.program",
     "Pipeline": "dspex.ir.program", "Graph": "dspex.ir.graph", "Node": "dspex.ir.graph",
     "signature": "dspex.lang.decorators", "pipeline": "dspex.lang.decorators", "var": "dspex.lang.decorators",
@@ -51,8 +53,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from dspex.errors import ArtifactError, CompileError, DSPexError, StepError, ToolLoadError, TraceError
+    from dspex.errors import (ArtifactError, CompileError, DSPexError, FrameError, StepError, ToolLoadError,
+                              TraceError, WorkerCrashedError, WorkerError, WorkerTaskError)
+    from dspex.runtime.resilience import CircuitOpenError
     from dspex.runtime.runtime import Runtime
+    from dspex.runtime.sessions import Session
     from dspex.ir.artifact import load
     from dspex.ir.graph import Graph, Node
     from dspex.ir.program import Field, Pipeline, Program, Signature
