@@ -78,11 +78,11 @@ class TelemetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    """The adaptive scheduler: on or off, its random seed, and routes pinned per step (``"pipeline.node"`` or
-    ``"*"`` -> ``"engine/lm"``) for reproducible runs."""
+    """The adaptive scheduler: on or off, its random seed (fixed by default: the same measurements give the
+    same choices), and routes pinned per step (``"pipeline.node"`` or ``"*"`` -> ``"engine/lm"``)."""
 
     adaptive: bool = True
-    seed: int | None = None
+    seed: int = 0
     pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -210,7 +210,7 @@ def _parse(data: Any, reader: _Reader) -> Config:
         lms=MappingProxyType(dict(lms)),
         telemetry=TelemetryConfig(tuple(sinks)),
         scheduler=SchedulerConfig(adaptive=reader.value(sched, "scheduler", "adaptive", bool, True),
-                                  seed=reader.value(sched, "scheduler", "seed", int, None),
+                                  seed=reader.value(sched, "scheduler", "seed", int, 0),
                                   pins=MappingProxyType(dict(pins))),
         resilience=resilience,
         resilience_lms=MappingProxyType(resilience_lms),

@@ -48,8 +48,10 @@ def openai(stub: OpenAIStub) -> str:
 
 
 def runtime(resilience: Mapping[str, Any]) -> dspex.Runtime:
+    """Faults are the subject here, not routing: every step is pinned to the native engine, so each row's
+    requests are the fault's retries and nothing else (an exploration of the dspy engine would add some)."""
     return dspex.Runtime(cache=False, config={"resilience": dict(resilience), "telemetry": {"sinks": ["ring"]},
-                                              "scheduler": {"seed": 1}})
+                                              "scheduler": {"pins": {"*": "native/@default"}}})
 
 
 def events(rt: dspex.Runtime, kind: str) -> list[TelemetryEvent]:
