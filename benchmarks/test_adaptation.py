@@ -48,6 +48,7 @@ import pytest
 import dspex
 from dspex.ir.program import Pipeline
 from dspex.runtime.scheduler import Route
+from tests.servers.openai_stub import stop_child
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS = int(os.environ.get("DSPEX_BENCH_ADAPT_ROWS", "600"))
@@ -89,16 +90,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_child(proc)
 
     def control(self, **change: Any) -> dict[str, Any]:
         """``POST /_control`` (no change: ``GET``): the server's rates, degradation and outcome counts."""

@@ -55,6 +55,7 @@ from dspex.errors import StepError
 from dspex.ir.program import Pipeline, Program, Signature
 from dspex.lm.base import LM, LMRequest, LMResponse, Message
 from dspex.runtime.config import Config
+from tests.servers.openai_stub import stop_child
 
 __all__ = ["CHAT_ANSWER", "CONCURRENCY", "EXAMPLES", "EXPECTED", "IDEAL_CALLS_PER_S", "JSON_ANSWER", "REVIEW", "ROOT",
            "ROUNDS", "SLOW_LATENCY_S", "THROUGHPUT_CALLS", "InstantLM", "RowOutcome", "StubProcess", "classify_rows",
@@ -175,16 +176,7 @@ class StubProcess:
 
     def __exit__(self, *exc: object) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_child(proc)
 
 
 def _request_bytes(body: dict[str, Any]) -> bytes:

@@ -34,6 +34,7 @@ import ipaddress
 import json
 import random
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -42,7 +43,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["OpenAIStub", "Fault", "FaultRates", "Degrade", "RecordedRequest", "echo", "shout", "CONTROL_PATH",
+__all__ = ["OpenAIStub", "Fault", "FaultRates", "Degrade", "RecordedRequest", "echo", "shout", "stop_child", "CONTROL_PATH",
            "CONTROL_MAX_BYTES", "OUTCOMES"]
 
 Answer = Callable[[dict[str, Any]], str]
@@ -461,6 +462,21 @@ def shout(body: Mapping[str, Any]) -> str:
 def _error(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def stop_child(proc: "subprocess.Popen[str] | None") -> None:
+    """End a stub started as a child process (``main``): closing its stdin asks it to stop; it is killed if it
+    has not within 10 s."""
+    if proc is None:
+        return
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> None:
