@@ -96,11 +96,15 @@ def test_a_500_row_batch_completes_through_every_fault_kind() -> None:
     assert [r.id for r in results] == list(range(500))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     assert [r.outputs for r in results] == [{"shout": f"ROW {i}"} for i in range(500)]
-    # Each row was answered right exactly once: a fault costs a retry, never a second answer.
-    assert answered_texts(stub.requests) == Counter({f'text: "row {i}"': 1 for i in range(500)})
+    # Every row was answered right at least once. A second right answer only ever follows a timeout: under
+    # load an answer can arrive after the client gave up on it (its result is still taken once).
+    answered = answered_texts(stub.requests)
+    assert set(answered) == {f'text: "row {i}"' for i in range(500)}
+    timeouts = [e for e in retries if "no answer within" in e.error or "timed out after" in e.error]
+    assert sum(answered.values()) - 500 <= len(timeouts)
     served = {kind: stub.counts[kind] for kind in FAULT_KINDS}
     assert all(count >= 10 for count in served.values()), served  # each kind near its 5% of ~670 requests
-    assert len(retries) == sum(served.values()) == len(stub.requests) - 500
+    assert sum(served.values()) <= len(retries) == len(stub.requests) - 500
     assert all(number(e, "attempt") <= 8 for e in retries)
     errors = " | ".join(e.error for e in retries)
     # A hang ends at the policy's timeout: the guard's or the adapter's (the same 0.25 s), whichever fires first.
