@@ -86,7 +86,9 @@ def test_a_500_row_batch_completes_through_every_fault_kind() -> None:
     """5% each of 500s, 429s, hangs, truncated bodies and dropped connections: every row completes exactly
     once with its right output, and every fault the server served shows as one ``retry`` event."""
     rates = FaultRates(**{kind: 0.05 for kind in FAULT_KINDS}, retry_after="0.01")
-    policy = {"timeout_s": 0.25, "retries": 8, "backoff_s": 0.002, "max_backoff_s": 0.02, "breaker_failures": 10}
+    # The timeout ends the hangs; 1 s leaves a loaded machine's slow answers (and the stub's) room not to look like
+    # hangs, which would come in runs and open the circuit.
+    policy = {"timeout_s": 1.0, "retries": 8, "backoff_s": 0.002, "max_backoff_s": 0.02, "breaker_failures": 10}
     with OpenAIStub(shout, rates=rates, seed=11) as stub, runtime(policy) as rt:
         started = time.perf_counter()
         results = list(rt.batch(pipeline(default=openai(stub)), rows(500), concurrency=16))
@@ -107,13 +109,13 @@ def test_a_500_row_batch_completes_through_every_fault_kind() -> None:
     assert sum(served.values()) <= len(retries) == len(stub.requests) - 500
     assert all(number(e, "attempt") <= 8 for e in retries)
     errors = " | ".join(e.error for e in retries)
-    # A hang ends at the policy's timeout: the guard's or the adapter's (the same 0.25 s), whichever fires first.
-    for signs in (["HTTP 500"], ["HTTP 429"], ["no answer within 0.25 s", "timed out after 0.25 s"],
+    # A hang ends at the policy's timeout: the guard's or the adapter's (the same 1 s), whichever fires first.
+    for signs in (["HTTP 500"], ["HTTP 429"], ["no answer within 1 s", "timed out after 1 s"],
                   ["malformed response"], ["Disconnected"]):
         assert any(sign in errors for sign in signs), signs
     assert all(number(e, "delay_s") >= 0.01 for e in retries if "HTTP 429" in e.error)  # Retry-After honoured
     assert breakers == []  # scattered faults never open the circuit
-    assert elapsed < 20
+    assert elapsed < 30
 
 
 def test_the_breaker_opens_fails_fast_and_recovers_through_a_probe() -> None:
