@@ -120,7 +120,7 @@ def test_a_500_row_batch_completes_through_every_fault_kind() -> None:
 
 def test_the_breaker_opens_fails_fast_and_recovers_through_a_probe() -> None:
     policy = {"retries": 2, "backoff_s": 0.001, "max_backoff_s": 0.002, "breaker_failures": 3,
-              "breaker_reset_s": 0.3, "wait_for_probe": False}  # fail fast while open, to see it
+              "breaker_reset_s": 1.5, "wait_for_probe": False}  # fail fast while open, to see it
     with OpenAIStub(shout, rates=FaultRates(server_error=1.0)) as stub, runtime(policy) as rt:
         pipe = pipeline(default=openai(stub))
         with pytest.raises(StepError) as failed:  # three attempts, three 500s: the circuit opens
@@ -133,15 +133,15 @@ def test_the_breaker_opens_fails_fast_and_recovers_through_a_probe() -> None:
             with pytest.raises(StepError) as failed:
                 rt.run(pipe, text="still down")
             assert isinstance(failed.value.cause, CircuitOpenError)
-        assert time.perf_counter() - began < 0.25 and len(stub.requests) == 3
+        assert time.perf_counter() - began < 1.0 and len(stub.requests) == 3  # at once: no wait, no request
 
-        time.sleep(0.35)  # the probe goes to a server that is still down: open again, and its retry fails fast
+        time.sleep(1.55)  # the probe goes to a server that is still down: open again, and its retry fails fast
         with pytest.raises(StepError) as failed:
             rt.run(pipe, text="probe")
         assert isinstance(failed.value.cause, CircuitOpenError) and len(stub.requests) == 4
 
         stub.set_rates()  # the server heals; the next probe closes the circuit
-        time.sleep(0.35)
+        time.sleep(1.55)
         assert rt.run(pipe, text="back") == {"shout": "BACK"}
         assert [rt.run(pipe, text=f"ok {i}")["shout"] for i in range(3)] == ["OK 0", "OK 1", "OK 2"]
         states = [e.attrs["state"] for e in events(rt, "breaker")]
@@ -194,7 +194,8 @@ def test_the_fallback_takes_over_when_the_primary_dies_mid_batch() -> None:
     # to the backup, without the 0.2 + 0.4 s of backoff a retried primary would cost each of them.
     assert len([e for e in retries if e.at > opened and primary.base_url in e.lm]) <= concurrency
     later = [duration for start, duration in times if start > opened + 0.01]
-    assert len(later) > n / 2 and max(later) < 0.3, max(later)
+    assert len(later) > n / 2 and max(later) < 0.2 + 0.4, max(later)  # less than one retried primary call
+    assert statistics.median(later) < 0.1
 
 
 def test_a_429_with_retry_after_is_honoured_and_halves_the_rate() -> None:
