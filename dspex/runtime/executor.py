@@ -214,10 +214,12 @@ class Executor:
             routes: list[Route] = [(choose_engine(self.engines, node.module or "", asked).name, lm_name or DEFAULT_LM)]
         else:
             routes = router.routes(pipeline, node.module or "", asked, lm_name, self.engines)
+        keys: dict[Route, bytes] = {}  # each route's cache key, made once: the computing call reuses it
         if use_cache:  # an answer cached under any route beats running (or exploring) one
             for route in routes:
                 engine, lm = self._route(pipeline, route)
-                cached = self.cache.get(self._cache_key(node, args, options, step_vars, engine, lm), count_miss=False)
+                keys[route] = self._cache_key(node, args, options, step_vars, engine, lm)
+                cached = self.cache.get(keys[route], count_miss=False)
                 if cached is not MISSING:
                     self._emit(NodeEvent("cache_hit", pipeline.name, node.id, engine.name, lm.identity,
                                          time.perf_counter() - started, call=call_id))
@@ -225,12 +227,13 @@ class Executor:
         route_key, size = (node_key(pipeline, node), input_size(args)) if router is not None else ("", 0.0)
         route = routes[0] if router is None else router.choose(route_key, routes, size)
         try:
-            result, hit, engine, lm = await self._compute(pipeline, node, call, route, route_key, size, use_cache)
+            result, hit, engine, lm = await self._compute(pipeline, node, call, route, route_key, size, keys.get(route))
         except Exception:
             if router is None or not router.explored(route_key, route, routes):
                 raise
             # an exploratory route failed: the row is run on the default route rather than lost
-            result, hit, engine, lm = await self._compute(pipeline, node, call, routes[0], route_key, size, use_cache)
+            result, hit, engine, lm = await self._compute(pipeline, node, call, routes[0], route_key, size,
+                                                          keys.get(routes[0]))
         self._emit(NodeEvent("cache_hit" if hit else "end", pipeline.name, node.id, engine.name, lm.identity,
                              time.perf_counter() - started, result.lm_calls, result.prompt_tokens,
                              result.completion_tokens, call=call_id))
@@ -245,9 +248,10 @@ class Executor:
         return cache_key(node.fingerprint, args, lm.identity, {**options, "engine": engine.name}, step_vars)
 
     async def _compute(self, pipeline: Pipeline, node: Node, call: StepCall, route: Route, route_key: str,
-                       size: float, use_cache: bool) -> tuple[StepResult, bool, Engine, LM]:
-        """Run ``call`` on ``route`` (sharing an identical call already in flight), telling the router how it
-        went; the result, whether it came from the cache, and the engine and lm that served it."""
+                       size: float, key: bytes | None) -> tuple[StepResult, bool, Engine, LM]:
+        """Run ``call`` on ``route`` (sharing an identical call already in flight under cache ``key``; None: the
+        cache is off), telling the router how it went; the result, whether it came from the cache, and the
+        engine and lm that served it."""
         engine, lm = self._route(pipeline, route)
         router = self.router
         ran: list[StepResult] = []
@@ -267,8 +271,7 @@ class Executor:
             ran.append(result)
             return result.outputs
 
-        if use_cache:
-            key = self._cache_key(node, call.inputs, call.options, call.var_values, engine, lm)
+        if key is not None:
             outputs, hit = await self.cache.get_or_compute(key, compute)
         else:
             outputs, hit = await compute(), False
